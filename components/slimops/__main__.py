@@ -1,0 +1,3 @@
+from slimops.cli import main
+
+raise SystemExit(main())

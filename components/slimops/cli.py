@@ -1,0 +1,161 @@
+"""``slimops``: step, run, steps, report. Exit codes: 0 ok, 1 internal error, 2 bad input, 3 gate failed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from slimops.errors import EXIT_INTERNAL, EXIT_OK, GateFailed, SlimopsError, BadInput
+
+
+def _parse_sets(pairs: list[str]) -> dict:
+    """``--set a.b=1 --set mode=static`` -> {"a": {"b": 1}, "mode": "static"}; values parsed as YAML."""
+    import yaml
+
+    config: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise BadInput(f"--set {pair!r} is not key=value; write e.g. --set mode=static")
+        node = config
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw) if raw else ""
+    return config
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        base[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return base
+
+
+def _load_config_file(path: str | None) -> dict:
+    if not path:
+        return {}
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise BadInput(f"config file not found: {file}")
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise BadInput(f"config file {file} is not valid YAML/JSON ({err}); fix the syntax") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"config file {file} must hold a mapping of option: value")
+    return data
+
+
+def cmd_step(args) -> int:
+    from slimops.core import run_step
+
+    config = _merge(_load_config_file(args.config), _parse_sets(args.set))
+    inputs = {"baseline": Path(args.baseline)} if args.baseline else {}
+    manifest = run_step(args.name, Path(args.model), Path(args.out), config, inputs, threads=args.threads)
+    print(json.dumps({"step": args.name, "out": str(Path(args.out).absolute()), "metrics": manifest["metrics"]},
+                     indent=2, default=str))
+    return EXIT_OK
+
+
+def cmd_run(args) -> int:
+    from slimops.progress import console
+    from slimops.runner import run_recipe
+
+    result = run_recipe(args.recipe, args.out, use_cache=not args.no_cache)
+    gate = result.summary.get("gate")
+    if gate is None:
+        console.print("[yellow]no gate in this recipe[/yellow]")
+    elif gate["passed"]:
+        console.print(f"[bold green]gate PASSED[/bold green] ({gate['step']})")
+    else:
+        console.print(f"[bold red]gate FAILED[/bold red] ({gate['step']}): " + "; ".join(gate["reasons"]))
+    console.print(f"report: {result.run_dir / 'report.html'}  (and report.md)")
+    return result.exit_code
+
+
+def cmd_steps(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from slimops.steps import get_step, step_names
+
+    console = Console()
+    names = [args.name] if args.name else step_names()
+    for name in names:
+        step = get_step(name)
+        table = Table(title=f"{name}: {step.summary}", title_justify="left", show_lines=False)
+        for column in ("option", "type", "default", "meaning"):
+            table.add_column(column)
+        for field_name, field in step.Config.model_fields.items():
+            default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+            kind = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
+            table.add_row(field_name, kind, default, field.description or "")
+        console.print(table)
+    return EXIT_OK
+
+
+def cmd_report(args) -> int:
+    from slimops.report import write_report
+
+    page, md = write_report(Path(args.run_dir))
+    print(f"report: {page}  (and {md.name})")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slimops", description="Model compression as pipeline steps.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    step = sub.add_parser("step", help="run one step: a model directory in, a new model directory out")
+    step.add_argument("name", help="step name (see `slimops steps`)")
+    step.add_argument("--model", required=True, help="input model directory")
+    step.add_argument("--out", required=True, help="output directory (written atomically)")
+    step.add_argument("--config", help="YAML/JSON file with the step's options")
+    step.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an option (dotted keys nest)")
+    step.add_argument("--baseline", help="validate: the model to compare against")
+    step.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    step.set_defaults(func=cmd_step)
+
+    run = sub.add_parser("run", help="run a recipe locally")
+    run.add_argument("recipe")
+    run.add_argument("--out", help="run directory (default: runs/<recipe name>)")
+    run.add_argument("--no-cache", action="store_true", help="rerun every step even when its inputs are unchanged")
+    run.set_defaults(func=cmd_run)
+
+    steps = sub.add_parser("steps", help="list the steps and their options")
+    steps.add_argument("name", nargs="?")
+    steps.set_defaults(func=cmd_steps)
+
+    report = sub.add_parser("report", help="re-render a run's report.html / report.md")
+    report.add_argument("run_dir")
+    report.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from packages or disk, never a hub
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except GateFailed as err:
+        print(f"slimops: {err}", file=sys.stderr)
+        if err.report_path:
+            print(f"slimops: gate report: {err.report_path}", file=sys.stderr)
+        return err.exit_code
+    except SlimopsError as err:
+        print(f"slimops: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("slimops: interrupted; no partial output was kept", file=sys.stderr)
+        return 130
+    except Exception as err:  # an internal error: say so, keep the traceback for a bug report
+        traceback.print_exc()
+        print(f"slimops: internal error: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_INTERNAL

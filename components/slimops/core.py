@@ -1,0 +1,133 @@
+"""One step, run the same way by every runner: the CLI, the local recipe runner and every adapter."""
+
+from __future__ import annotations
+
+import functools
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from slimops.errors import BadInput, GateFailed
+from slimops.handlers.info import describe
+from slimops.manifest import (MANIFEST, atomic_dir, digest_of, hash_tree, library_versions, read_manifest,
+                              write_json_atomic)
+from slimops.steps import StepConfig, StepContext, get_step
+
+GATE_REPORT = "gate_report.json"
+
+
+def validation_message(err: ValidationError, where: str) -> str:
+    """First pydantic error as one line: ``where.path.to.key: what``."""
+    first = err.errors()[0]
+    loc = ".".join(str(part) for part in first["loc"])
+    what = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+    return f"{where}{'.' + loc if loc else ''}: {what}" + (f" (got {first['input']!r})" if first["type"] != "extra_forbidden" and not isinstance(first.get("input"), dict) else "")
+
+
+def parse_config(step_name: str, config: dict, where: str | None = None) -> StepConfig:
+    step = get_step(step_name)
+    try:
+        return step.Config.model_validate(config)
+    except ValidationError as err:
+        raise BadInput(validation_message(err, where or f"{step_name} config") +
+                       f"; see `slimops steps {step_name}` for the options") from None
+
+
+def lineage_of(model_dir: Path) -> dict:
+    """The manifest of ``model_dir``, or a 'source' record for a model that came from outside slimops."""
+    manifest = read_manifest(model_dir)
+    if manifest:
+        return manifest
+    path = Path(model_dir).absolute()
+    stamp = max((p.stat().st_mtime_ns for p in path.rglob("*")), default=0)
+    return _source_record(str(path), stamp)
+
+
+@functools.lru_cache(maxsize=16)
+def _source_record(path: str, stamp: int) -> dict:
+    # Hashing a 90 MB model takes a while; a run asks for the same source several times.
+    return {"step": "source", "path": path, "model": describe(Path(path)).model_dump(),
+            "outputs": hash_tree(Path(path))}
+
+
+def cache_key(step_name: str, config: StepConfig, inputs: dict[str, Path]) -> str:
+    """Hash of what determines a step's output: code version, config, input content, data content."""
+    from slimops import __version__
+
+    resolved = config.model_dump(mode="json")
+    return digest_of({
+        "step": step_name,
+        "slimops": __version__,
+        "config": _without_paths(resolved),
+        "data": _data_hashes(config),
+        "inputs": {name: lineage_of(path).get("outputs") for name, path in sorted(inputs.items())},
+    })
+
+
+def run_step(step_name: str, model: Path, out: Path, config: dict | StepConfig,
+              inputs: dict[str, Path] | None = None, threads: int | None = None) -> dict:
+    """Run one step; write ``out`` atomically with its manifest. Raises BadInput / GateFailed."""
+    step_cls = get_step(step_name)
+    cfg = config if isinstance(config, StepConfig) else parse_config(step_name, config)
+    model = Path(model)
+    inputs = {k: Path(v) for k, v in (inputs or {}).items()}
+    missing = [name for name in step_cls.extra_inputs if name not in inputs]
+    if missing:
+        raise BadInput(f"step {step_name} needs --{missing[0]} DIR (the model to compare against)")
+    info = describe(model)
+    for path in inputs.values():
+        describe(path)
+    out = Path(out)
+    if out.absolute() == model.absolute():
+        raise BadInput(f"--out {out} is the input model directory; write the output somewhere else")
+
+    parent = lineage_of(model)
+    started = time.perf_counter()
+    with atomic_dir(out) as tmp:
+        ctx = StepContext(model_dir=model, model_info=info, out_dir=tmp, inputs=inputs, threads=threads)
+        result = step_cls().run(ctx, cfg)
+        manifest = {
+            "step": step_name,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": cfg.model_dump(mode="json"),
+            "data": _data_fingerprints(cfg),
+            "cache_key": cache_key(step_name, cfg, {"model": model, **inputs}),
+            "model": result.model_info.model_dump(),
+            "inputs": {"model": {"path": str(model.absolute()), "files": parent.get("outputs", {})},
+                       **{name: {"path": str(p.absolute()), "files": lineage_of(p).get("outputs", {})}
+                          for name, p in inputs.items()}},
+            "outputs": hash_tree(tmp),
+            "metrics": result.metrics,
+            "details": result.details,
+            "gate": None if result.gate_passed is None else {"passed": result.gate_passed,
+                                                             "reasons": result.gate_reasons},
+            "seconds": round(time.perf_counter() - started, 2),
+            "versions": library_versions(),
+            "parent": parent,
+        }
+        write_json_atomic(tmp / MANIFEST, manifest)
+    if result.gate_passed is False:
+        raise GateFailed("gate failed: " + "; ".join(result.gate_reasons), report_path=out / GATE_REPORT)
+    return manifest
+
+
+def _data_specs(config: StepConfig) -> dict:
+    from slimops.data import DataSpec
+
+    return {name: value for name, value in config if isinstance(value, DataSpec)}
+
+
+def _data_fingerprints(config: StepConfig) -> dict:
+    return {name: spec.fingerprint() for name, spec in _data_specs(config).items()}
+
+
+def _data_hashes(config: StepConfig) -> dict:
+    return {name: {k: v for k, v in fp.items() if k != "path"} for name, fp in _data_fingerprints(config).items()}
+
+
+def _without_paths(config: dict) -> dict:
+    """Data paths differ between machines; their content hashes go into the key instead."""
+    return {k: ({kk: vv for kk, vv in v.items() if kk != "path"} if isinstance(v, dict) else v)
+            for k, v in config.items()}

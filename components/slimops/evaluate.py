@@ -1,0 +1,102 @@
+"""Task metrics, fidelity and timing: the measurements every gate decision rests on."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from slimops.data import Dataset
+from slimops.errors import BadInput
+
+
+def batches(inputs, size: int):
+    for start in range(0, len(inputs), size):
+        yield inputs[start:start + size]
+
+
+def predict_all(model, inputs, batch_size: int = 32, progress=None) -> np.ndarray:
+    outputs = []
+    for batch in batches(inputs, batch_size):
+        outputs.append(model.predict(batch))
+        if progress:
+            progress(len(batch))
+    return np.concatenate(outputs)
+
+
+def metric_name(model_task: str, dataset: Dataset) -> str:
+    if dataset.kind == "sts":
+        if model_task != "sentence-embedding":
+            raise BadInput(f"STS data needs a sentence-embedding model, not {model_task}; use classification data")
+        return "spearman"
+    if dataset.kind == "classification":
+        if model_task == "sentence-embedding":
+            raise BadInput("classification data needs a classifier; for an encoder use STS data (format: sts)")
+        return "accuracy"
+    raise BadInput("evaluation data has no labels or scores; use format 'sts', 'text-classification', 'digits' or npz with y")
+
+
+def task_metrics(outputs: np.ndarray, dataset: Dataset) -> dict[str, float]:
+    """Spearman x100 of cosine similarity for STS; accuracy and macro-F1 x100 for classification."""
+    if dataset.kind == "sts":
+        from scipy.stats import spearmanr
+
+        a = np.array([outputs[i] for i, _ in dataset.pairs])
+        b = np.array([outputs[j] for _, j in dataset.pairs])
+        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+        return {"spearman": 100.0 * float(spearmanr(cos, dataset.scores).statistic)}
+    from sklearn.metrics import f1_score
+
+    predicted = outputs.argmax(axis=1)
+    return {"accuracy": 100.0 * float((predicted == dataset.labels).mean()),
+            "f1_macro": 100.0 * float(f1_score(dataset.labels, predicted, average="macro"))}
+
+
+def fidelity(baseline: np.ndarray, candidate: np.ndarray, task: str) -> dict[str, float]:
+    """How closely the candidate reproduces the baseline's own outputs."""
+    if task == "sentence-embedding":
+        cos = (baseline * candidate).sum(1) / (
+            np.linalg.norm(baseline, axis=1) * np.linalg.norm(candidate, axis=1) + 1e-12)
+        return {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min())}
+    return {"top1_agreement": 100.0 * float((baseline.argmax(1) == candidate.argmax(1)).mean())}
+
+
+@dataclass
+class Timing:
+    seconds: list[float]
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.seconds))
+
+
+def alternate_throughput(models: dict, inputs, batch_size: int, rounds: int, warmup: int = 1) -> dict[str, Timing]:
+    """Time each model over the same inputs, alternating A, B, A, B, ... so drift hits all alike."""
+    for model in models.values():
+        for batch in list(batches(inputs, batch_size))[:warmup]:
+            model.predict(batch)
+    times = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            start = time.perf_counter()
+            for batch in batches(inputs, batch_size):
+                model.predict(batch)
+            times[name].append(time.perf_counter() - start)
+    return {name: Timing(t) for name, t in times.items()}
+
+
+def alternate_latency(models: dict, inputs, runs: int, warmup: int = 5) -> dict[str, dict[str, float]]:
+    """Batch-1 latency p50/p95 in ms, one request of each model in turn."""
+    samples = [inputs[i % len(inputs):i % len(inputs) + 1] for i in range(runs)]
+    for model in models.values():
+        for sample in samples[:warmup]:
+            model.predict(sample)
+    times = {name: [] for name in models}
+    for sample in samples:
+        for name, model in models.items():
+            start = time.perf_counter()
+            model.predict(sample)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: {"p50_ms": float(np.percentile(t, 50)), "p95_ms": float(np.percentile(t, 95))}
+            for name, t in times.items()}

@@ -1,0 +1,122 @@
+"""Recognise a model directory and describe it without loading weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from slimops.errors import BadInput
+from slimops.manifest import read_manifest
+
+Task = Literal["sentence-embedding", "text-classification", "tensor-classification"]
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["hf", "torch", "onnx", "openvino"]
+    task: Task
+    file: str  # main weights / graph file, relative to the model directory
+    factory: str | None = None  # torch: "package.module:callable"
+    kwargs: dict = {}
+    input_shape: list[int] | None = None  # tensor models: one example's shape
+    num_labels: int | None = None
+    max_length: int = 128  # text models: truncation length
+    pooling: Literal["mean", "cls"] = "mean"
+    normalize: bool = True
+    precision: str = "fp32"  # fp32 / fp16 / int8 / int4, for reports
+
+
+def describe(model_dir: Path) -> ModelInfo:
+    """What kind of model lives in ``model_dir``; raises BadInput with what to do when unusable."""
+    model_dir = Path(model_dir)
+    if not model_dir.exists():
+        raise BadInput(f"model path not found: {model_dir}; give a model directory (or .onnx file) that exists")
+    if model_dir.is_file():
+        raise BadInput(f"model path {model_dir} is a file; give the directory that holds it")
+    try:
+        names = {p.name for p in model_dir.iterdir()}
+    except PermissionError:
+        raise BadInput(f"model directory {model_dir} is not readable; fix its permissions") from None
+    manifest = read_manifest(model_dir)
+    if manifest and manifest.get("model"):
+        return ModelInfo.model_validate(manifest["model"])
+    if "architecture.json" in names:
+        return _describe_torch(model_dir)
+    if "config.json" in names and ("model.safetensors" in names or "pytorch_model.bin" in names):
+        return _describe_hf(model_dir, names)
+    onnx_files = sorted(n for n in names if n.endswith(".onnx"))
+    if onnx_files:
+        return _describe_onnx(model_dir, onnx_files)
+    raise BadInput(
+        f"{model_dir} is not a model directory: expected config.json + model.safetensors (Hugging Face), "
+        "architecture.json + *.safetensors (PyTorch) or a *.onnx file"
+    )
+
+
+def has_tokenizer(model_dir: Path) -> bool:
+    return any((Path(model_dir) / name).is_file() for name in ("tokenizer.json", "vocab.txt"))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BadInput(f"{path} is not valid JSON ({err}); fix or replace the file") from None
+
+
+def _describe_hf(model_dir: Path, names: set[str]) -> ModelInfo:
+    if "model.safetensors" not in names:
+        raise BadInput(
+            f"{model_dir} holds only pytorch_model.bin (a pickle, never loaded here); "
+            "save the model with safe_serialization=True to get model.safetensors"
+        )
+    config = _read_json(model_dir / "config.json")
+    architectures = config.get("architectures") or []
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        return ModelInfo(format="hf", task="text-classification", file="model.safetensors",
+                         num_labels=len(config.get("id2label", {})) or None, normalize=False)
+    pooling, normalize = "mean", True
+    pooling_config = model_dir / "1_Pooling" / "config.json"
+    if pooling_config.is_file():
+        pooling = "cls" if _read_json(pooling_config).get("pooling_mode_cls_token") else "mean"
+    if (model_dir / "modules.json").is_file():
+        modules = _read_json(model_dir / "modules.json")
+        normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
+    return ModelInfo(format="hf", task="sentence-embedding", file="model.safetensors",
+                     pooling=pooling, normalize=normalize)
+
+
+def _describe_torch(model_dir: Path) -> ModelInfo:
+    arch = _read_json(model_dir / "architecture.json")
+    weights = arch.get("weights", "model.safetensors")
+    if not (model_dir / weights).is_file():
+        raise BadInput(f"{model_dir}/architecture.json names weights {weights!r}, which is missing; "
+                       "save the state dict with safetensors.torch.save_file")
+    if not isinstance(arch.get("factory"), str) or ":" not in arch["factory"]:
+        raise BadInput(f"{model_dir}/architecture.json needs 'factory': 'package.module:callable'")
+    return ModelInfo(format="torch", task=arch.get("task", "tensor-classification"), file=weights,
+                     factory=arch["factory"], kwargs=arch.get("kwargs", {}),
+                     input_shape=arch.get("input_shape"), num_labels=arch.get("num_labels"), normalize=False)
+
+
+def _describe_onnx(model_dir: Path, onnx_files: list[str]) -> ModelInfo:
+    file = "model.onnx" if "model.onnx" in onnx_files else onnx_files[0]
+    import onnx
+
+    try:
+        # Reading the graph without external data is enough to learn its interface.
+        graph = onnx.load(str(model_dir / file), load_external_data=False).graph
+    except Exception as err:  # protobuf raises DecodeError and friends
+        raise BadInput(f"{model_dir / file} is not a readable ONNX model ({type(err).__name__}); re-export it") from None
+    outputs = [o.name for o in graph.output]
+    if has_tokenizer(model_dir):
+        task = "text-classification" if "logits" in outputs else "sentence-embedding"
+        return ModelInfo(format="onnx", task=task, file=file, normalize=task == "sentence-embedding")
+    dims = graph.input[0].type.tensor_type.shape.dim if graph.input else []
+    shape = [d.dim_value for d in dims[1:]] if dims else None
+    return ModelInfo(format="onnx", task="tensor-classification", file=file, input_shape=shape, normalize=False)

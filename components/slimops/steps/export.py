@@ -1,0 +1,77 @@
+"""export: Hugging Face or PyTorch model -> ONNX, with a parity check against the source."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+from pydantic import Field
+
+from slimops.errors import BadInput
+from slimops.handlers.info import ModelInfo, describe
+from slimops.handlers.runtime import load, sample_batch
+from slimops.steps import Step, StepConfig, StepResult
+
+
+class ExportConfig(StepConfig):
+    opset: int = Field(17, ge=13, le=21, description="ONNX opset")
+    tolerance: float = Field(1e-3, gt=0, description="max |source - onnx| on sample inputs before the export is an error")
+    max_length: int = Field(128, ge=8, le=4096, description="text models: truncation length used at inference")
+
+
+class Export(Step):
+    name = "export"
+    summary = "Hugging Face / PyTorch -> ONNX (optimum's exporter for HF, torch.onnx otherwise), parity-checked"
+    Config = ExportConfig
+
+    def run(self, ctx, config: ExportConfig) -> StepResult:
+        info = ctx.model_info
+        if info.format == "onnx":
+            raise BadInput(f"{ctx.model_dir} is already ONNX; skip export or give the source model")
+        if info.format == "hf":
+            self._export_hf(ctx, config, info)
+        elif info.format == "torch":
+            self._export_torch(ctx, config, info)
+        else:
+            raise BadInput(f"export cannot take a {info.format} model")
+        out_info = describe(ctx.out_dir).model_copy(update={
+            "max_length": config.max_length, "pooling": info.pooling, "normalize": info.normalize,
+            "num_labels": info.num_labels, "input_shape": info.input_shape or describe(ctx.out_dir).input_shape,
+        })
+        diff = self._parity(ctx, info, out_info, config)
+        if diff > config.tolerance:
+            raise BadInput(f"exported ONNX differs from the source by {diff:.2e} > tolerance {config.tolerance:g}; "
+                           "try another opset or raise 'tolerance'")
+        return StepResult(model_info=out_info, metrics={"parity_max_abs_diff": diff})
+
+    def _export_hf(self, ctx, config, info):
+        from optimum.exporters.onnx import main_export
+
+        task = "text-classification" if info.task == "text-classification" else "feature-extraction"
+        # optimum prints its own validation chatter; the parity check below is ours.
+        with contextlib.redirect_stdout(io.StringIO()):
+            main_export(str(ctx.model_dir), output=ctx.out_dir, task=task, opset=config.opset, library_name="transformers",
+                        local_files_only=True, do_validation=False)
+        for extra in ctx.out_dir.glob("*.onnx_data"):
+            extra.unlink(missing_ok=True)  # none expected for encoders; never keep stray files
+
+    def _export_torch(self, ctx, config, info):
+        import torch
+
+        from slimops.handlers.runtime import TorchModule
+
+        module = TorchModule(ctx.model_dir, info).model
+        example = torch.from_numpy(sample_batch(info, 2))
+        torch.onnx.export(module, (example,), str(ctx.out_dir / "model.onnx"), input_names=["input"],
+                          output_names=["logits"], opset_version=config.opset, dynamo=False,
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+
+    def _parity(self, ctx, info: ModelInfo, out_info: ModelInfo, config) -> float:
+        batch = sample_batch(info, 4)
+        source = load(ctx.model_dir, info.model_copy(update={"max_length": config.max_length}), ctx.threads)
+        exported = load(ctx.out_dir, out_info, ctx.threads)
+        return float(np.max(np.abs(source.predict(batch) - exported.predict(batch))))
+
+
+STEP = Export

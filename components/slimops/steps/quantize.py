@@ -1,0 +1,91 @@
+"""quantize: ONNX Runtime quantization. Dynamic INT8, static INT8 (QDQ), weight-only INT4, FP16,
+and an accuracy-aware search that keeps the most sensitive nodes in float until the metric holds."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from slimops.data import DataSpec, load_dataset
+from slimops.errors import BadInput
+from slimops.steps import Step, StepConfig, StepResult
+
+
+class AccuracyTarget(StepConfig):
+    data: DataSpec = Field(description="data the metric is checked on while searching (a subset of the eval data)")
+    max_metric_drop: float = Field(0.3, ge=0, description="points of task metric the quantized model may lose")
+    max_float_nodes: int = Field(16, ge=1, description="give up after keeping this many nodes in float")
+    sensitivity_samples: int = Field(64, ge=4, description="examples used to rank node sensitivity")
+
+
+class QuantizeConfig(StepConfig):
+    mode: Literal["dynamic", "static", "int4", "fp16"] = Field("dynamic", description="dynamic/static INT8, weight-only INT4 (MatMulNBits), FP16 (GPU)")
+    per_channel: bool = Field(True, description="per-channel weight scales (INT8)")
+    reduce_range: bool = Field(False, description="7-bit weights, for CPUs without VNNI")
+    op_types: list[str] | None = Field(None, description="op types to quantize (default: ORT's choice for the mode)")
+    exclude_nodes: list[str] = Field(default_factory=list, description="node names kept in float")
+    matmul_const_b_only: bool = Field(True, description="dynamic: quantize only MatMuls with a constant weight (skip attention score matmuls)")
+    calibration: DataSpec | None = Field(None, description="static: data fed through the model to calibrate activation ranges")
+    calibration_method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="static: range estimator")
+    calibration_samples: int = Field(128, ge=1, description="static: examples used for calibration")
+    activation_type: Literal["uint8", "int8"] = Field("uint8", description="static: activation type (uint8 x int8 is the VNNI fast path)")
+    block_size: int = Field(32, ge=16, description="int4: weights per quantization block (power of two)")
+    int4_min_weights: int = Field(65536, ge=1, description="int4: only MatMuls with at least this many weights")
+    accuracy: AccuracyTarget | None = Field(None, description="accuracy-aware: keep sensitive nodes float until the metric holds")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.mode == "static" and self.calibration is None:
+            raise ValueError("static quantization needs 'calibration' data")
+        if self.block_size & (self.block_size - 1):
+            raise ValueError("block_size must be a power of two")
+        return self
+
+
+class Quantize(Step):
+    name = "quantize"
+    summary = "ONNX Runtime quantization: dynamic/static INT8, INT4 weight-only, FP16; optional accuracy-aware search"
+    Config = QuantizeConfig
+
+    def run(self, ctx, config: QuantizeConfig) -> StepResult:
+        from slimops.quantization import quantize_model
+
+        info = ctx.model_info
+        if info.format != "onnx":
+            raise BadInput(f"quantize takes an ONNX model, got {info.format}; run the export step first")
+        source = ctx.model_dir / info.file
+        target = ctx.out_dir / "model.onnx"
+        ctx.carry_files()
+        calibration = load_dataset(config.calibration) if config.calibration else None
+        details: dict = {}
+        if config.accuracy is None:
+            quantize_model(source, target, config, config.exclude_nodes, ctx.model_dir, calibration)
+        else:
+            from slimops.quantization.accuracy import accuracy_aware
+
+            details = accuracy_aware(ctx, source, target, config, calibration)
+        precision = {"dynamic": "int8", "static": "int8", "int4": "int4", "fp16": "fp16"}[config.mode]
+        out_info = info.model_copy(update={"file": "model.onnx", "precision": precision})
+        size = sum(p.stat().st_size for p in ctx.out_dir.glob("model.onnx*"))
+        source_size = sum(p.stat().st_size for p in ctx.model_dir.glob(info.file + "*"))
+        details["quantized_nodes"] = count_quantized(target)
+        return StepResult(model_info=out_info, metrics={"size_mb": size / 1e6, "source_size_mb": source_size / 1e6},
+                          details=details)
+
+
+def count_quantized(path: Path) -> dict[str, int]:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    counts: dict[str, int] = {}
+    for node in graph.node:
+        if any(tag in node.op_type for tag in ("Integer", "QLinear", "QuantizeLinear", "NBits", "QAttention",
+                                                 "DynamicQuantize", "QGemm")):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+STEP = Quantize

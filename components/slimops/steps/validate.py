@@ -1,0 +1,121 @@
+"""validate: baseline and candidate measured in the same run, on the same data, then gated."""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import Field
+
+from slimops import memprobe, progress
+from slimops.data import DataSpec, load_dataset
+from slimops.evaluate import (alternate_latency, alternate_throughput, fidelity, metric_name, predict_all,
+                              task_metrics)
+from slimops.gate import GatePolicy, check, reasons
+from slimops.handlers import describe, load
+from slimops.manifest import write_json_atomic
+from slimops.steps import Step, StepConfig, StepResult
+from slimops.steps.context import link_or_copy
+
+MODEL_SUFFIXES = (".onnx", ".onnx.data", ".onnx_data", ".safetensors", ".xml", ".bin", ".zst")
+
+
+class ValidateConfig(StepConfig):
+    data: DataSpec = Field(description="evaluation data (both models see exactly this)")
+    batch_size: int = Field(32, ge=1, description="batch size for the metric and the throughput measurement")
+    throughput_samples: int = Field(512, ge=1, description="examples timed per round (the first N of the data)")
+    rounds: int = Field(5, ge=1, le=50, description="alternating timing rounds; the median is reported")
+    latency_runs: int = Field(100, ge=5, description="batch-1 requests per model for p50/p95")
+    measure_memory: bool = Field(True, description="peak RSS of each model, measured in a fresh process")
+    gate: GatePolicy = Field(default_factory=GatePolicy, description="the pass/fail policy")
+
+
+def model_size_bytes(model_dir) -> int:
+    return sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file() and p.name.endswith(MODEL_SUFFIXES))
+
+
+class Validate(Step):
+    name = "validate"
+    summary = "Measure baseline and candidate in one run (metric, fidelity, latency, throughput, size, memory); gate"
+    Config = ValidateConfig
+    extra_inputs = ("baseline",)
+
+    def run(self, ctx, config: ValidateConfig) -> StepResult:
+        dataset = load_dataset(config.data)
+        baseline_dir = ctx.inputs["baseline"]
+        baseline_info, candidate_info = describe(baseline_dir), ctx.model_info
+        name = metric_name(candidate_info.task, dataset)
+        metric_name(baseline_info.task, dataset)
+        models = {"baseline": load(baseline_dir, baseline_info, ctx.threads),
+                  "candidate": load(ctx.model_dir, candidate_info, ctx.threads)}
+
+        outputs, scores = {}, {}
+        for role, model in models.items():
+            with progress.task(f"evaluating {role} on {len(dataset)} examples", len(dataset)) as advance:
+                outputs[role] = predict_all(model, dataset.inputs, config.batch_size, advance)
+            scores[role] = task_metrics(outputs[role], dataset)
+
+        timed = dataset.inputs[: config.throughput_samples]
+        with progress.task(f"timing throughput ({config.rounds} alternating rounds)", config.rounds):
+            throughput = alternate_throughput(models, timed, config.batch_size, config.rounds)
+        latency = alternate_latency(models, dataset.inputs, config.latency_runs)
+        sizes = {"baseline": model_size_bytes(baseline_dir), "candidate": model_size_bytes(ctx.model_dir)}
+        memory = ({role: memprobe.measure(d, config.batch_size, ctx.threads)
+                   for role, d in (("baseline", baseline_dir), ("candidate", ctx.model_dir))}
+                  if config.measure_memory else {})
+
+        base, cand = scores["baseline"][name], scores["candidate"][name]
+        fid = fidelity(outputs["baseline"], outputs["candidate"], candidate_info.task)
+        metrics = {
+            "metric": name,
+            "baseline_metric": base,
+            "candidate_metric": cand,
+            "metric_drop": base - cand,
+            "relative_metric_drop": (base - cand) / abs(base) if base else 0.0,
+            **{f"baseline_{k}": v for k, v in scores["baseline"].items() if k != name},
+            **{f"candidate_{k}": v for k, v in scores["candidate"].items() if k != name},
+            **fid,
+            "fidelity": fid.get("mean_cosine", fid.get("top1_agreement")),
+            "baseline_throughput": len(timed) / throughput["baseline"].median,
+            "candidate_throughput": len(timed) / throughput["candidate"].median,
+            "speedup": throughput["baseline"].median / throughput["candidate"].median,
+            "speedup_rounds": [b / c for b, c in zip(throughput["baseline"].seconds, throughput["candidate"].seconds)],
+            "baseline_p50_ms": latency["baseline"]["p50_ms"],
+            "baseline_p95_ms": latency["baseline"]["p95_ms"],
+            "candidate_p50_ms": latency["candidate"]["p50_ms"],
+            "candidate_p95_ms": latency["candidate"]["p95_ms"],
+            "baseline_size_mb": sizes["baseline"] / 1e6,
+            "candidate_size_mb": sizes["candidate"] / 1e6,
+            "size_ratio": sizes["candidate"] / sizes["baseline"] if sizes["baseline"] else None,
+            "baseline_peak_mb": memory.get("baseline"),
+            "candidate_peak_mb": memory.get("candidate"),
+            "batch_size": config.batch_size,
+            "examples": len(dataset),
+            "threads": ctx.threads,
+        }
+        rows = check(config.gate, metrics)
+        passed = all(r["passed"] for r in rows)
+
+        # The validated artifact travels with its verdict: candidate files + gate_report.json.
+        for path in ctx.model_dir.rglob("*"):
+            if path.is_file() and path.name not in ("manifest.json", "gate_report.json"):
+                target = ctx.out_dir / path.relative_to(ctx.model_dir)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                link_or_copy(path, target)
+        from slimops.manifest import hash_tree
+
+        report = {
+            "passed": passed,
+            "reasons": reasons(rows),
+            "checks": rows,
+            "policy": config.gate.model_dump(),
+            "metrics": metrics,
+            "data": config.data.fingerprint(),
+            "baseline": str(baseline_dir),
+            "candidate_files": hash_tree(ctx.out_dir),
+        }
+        write_json_atomic(ctx.out_dir / "gate_report.json", report)
+        return StepResult(model_info=candidate_info, metrics=metrics, details={"checks": rows},
+                          gate_passed=passed, gate_reasons=report["reasons"])
+
+
+STEP = Validate
