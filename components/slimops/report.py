@@ -77,7 +77,7 @@ def _step_note(record: dict, manifest: dict) -> str:
     details, metrics = manifest.get("details") or {}, manifest.get("metrics") or {}
     notes = []
     if "parity_max_abs_diff" in metrics:
-        notes.append(f"parity max |diff| {metrics['parity_max_abs_diff']:.1e}")
+        notes.append(f"parity max abs diff {metrics['parity_max_abs_diff']:.1e}")
     if details.get("fusions"):
         notes.append("fused " + ", ".join(f"{k}×{v}" for k, v in details["fusions"].items()))
     if details.get("quantized_nodes"):
@@ -117,7 +117,9 @@ def _markdown(summary, manifests, rows) -> str:
         out.append("")
     out += ["## Steps", "", "| step | kind | status | seconds | notes |", "|---|---|---|---|---|"]
     for record in summary["steps"]:
-        out.append(f"| {record['id']} | {record['step']} | {record['status']} | {record['seconds']:.1f} | "
+        ran_for = manifests[record["id"]].get("seconds")
+        status = f"cached (ran {ran_for:.1f} s)" if record["status"] == "cached" and ran_for is not None else record["status"]
+        out.append(f"| {record['id']} | {record['step']} | {status} | {record['seconds']:.1f} | "
                    f"{_step_note(record, manifests[record['id']])} |")
     out += ["", "## Lineage (newest first)", "", "| step | file | sha256 (16) | data sha256 (16) |", "|---|---|---|---|"]
     for link in _lineage(summary, manifests):
@@ -139,8 +141,7 @@ def _html(summary, manifests, rows) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>slimops: {html.escape(summary['name'])}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #1f2328; }}
-table {{ border-collapse: collapse; margin: 1em 0; }} th, td {{ border: 1px solid #d0d7de; padding: 4px 8px; text-align: right; }}
-th:first-child, td:first-child, td:last-child {{ text-align: left; }}
+table {{ border-collapse: collapse; margin: 1em 0; }} th, td {{ border: 1px solid #d0d7de; padding: 4px 8px; text-align: left; }}
 strong {{ color: {colour}; }} code {{ background: #f6f8fa; }}
 </style></head><body>
 {body}
@@ -150,9 +151,9 @@ strong {{ color: {colour}; }} code {{ background: #f6f8fa; }}
 
 def _svg_plot(rows: list[dict]) -> str:
     """Metric vs batch-1 p50 latency; marker area proportional to size on disk."""
-    width, height, pad = 640, 360, 60
+    width, height, pad = 760, 360, 60
     xs, ys = [r["p50"] for r in rows], [r["metric"] for r in rows]
-    x_lo, x_hi = 0.0, max(xs) * 1.15
+    x_lo, x_hi = 0.0, max(xs) * 1.3  # room for the labels right of the markers
     y_span = max(max(ys) - min(ys), 0.5)
     y_lo, y_hi = min(ys) - 0.3 * y_span, max(ys) + 0.3 * y_span
     biggest = max(r["size"] for r in rows) or 1.0

@@ -23,7 +23,7 @@ class AccuracyTarget(StepConfig):
 class QuantizeConfig(StepConfig):
     mode: Literal["dynamic", "static", "int4", "fp16"] = Field("dynamic", description="dynamic/static INT8, weight-only INT4 (MatMulNBits), FP16 (GPU)")
     per_channel: bool = Field(True, description="per-channel weight scales (INT8)")
-    reduce_range: bool = Field(False, description="7-bit weights, for CPUs without VNNI")
+    reduce_range: bool | Literal["auto"] = Field("auto", description="7-bit weights; auto = on when this CPU lacks VNNI (u8 x s8 products saturate on AVX2)")
     op_types: list[str] | None = Field(None, description="op types to quantize (default: ORT's choice for the mode)")
     exclude_nodes: list[str] = Field(default_factory=list, description="node names kept in float")
     matmul_const_b_only: bool = Field(True, description="dynamic: quantize only MatMuls with a constant weight (skip attention score matmuls)")
@@ -59,13 +59,15 @@ class Quantize(Step):
         target = ctx.out_dir / "model.onnx"
         ctx.carry_files()
         calibration = load_dataset(config.calibration) if config.calibration else None
-        details: dict = {}
+        if config.reduce_range == "auto":
+            config = config.model_copy(update={"reduce_range": not cpu_has_vnni()})
+        details: dict = {"reduce_range": config.reduce_range, "cpu_vnni": cpu_has_vnni()}
         if config.accuracy is None:
             quantize_model(source, target, config, config.exclude_nodes, ctx.model_dir, calibration)
         else:
             from slimops.quantization.accuracy import accuracy_aware
 
-            details = accuracy_aware(ctx, source, target, config, calibration)
+            details.update(accuracy_aware(ctx, source, target, config, calibration))
         precision = {"dynamic": "int8", "static": "int8", "int4": "int4", "fp16": "fp16"}[config.mode]
         out_info = info.model_copy(update={"file": "model.onnx", "precision": precision})
         size = sum(p.stat().st_size for p in ctx.out_dir.glob("model.onnx*"))
@@ -75,6 +77,15 @@ class Quantize(Step):
                           details=details)
 
 
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
 def count_quantized(path: Path) -> dict[str, int]:
     import onnx
 
@@ -82,7 +93,7 @@ def count_quantized(path: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
     for node in graph.node:
         if any(tag in node.op_type for tag in ("Integer", "QLinear", "QuantizeLinear", "NBits", "QAttention",
-                                                 "DynamicQuantize", "QGemm")):
+                                                 "DynamicQuantize", "QGemm", "QEmbed", "QGather")):
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
 
