@@ -46,10 +46,23 @@ def _load_config_file(path: str | None) -> dict:
     try:
         data = yaml.safe_load(file.read_text()) or {}
     except yaml.YAMLError as err:
-        raise BadInput(f"config file {file} is not valid YAML/JSON ({err}); fix the syntax") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f"{file}:{mark.line + 1}" if mark else str(file)
+        raise BadInput(f"config file {where} is not valid YAML/JSON ({getattr(err, 'problem', None) or 'syntax error'}); "
+                       "fix the syntax") from None
     if not isinstance(data, dict):
         raise BadInput(f"config file {file} must hold a mapping of option: value")
     return data
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
 
 
 def cmd_step(args) -> int:
@@ -121,8 +134,15 @@ def cmd_report(args) -> int:
     return EXIT_OK
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors follow the same contract as every other bad input: one line, exit 2."""
+
+    def error(self, message):
+        raise BadInput(f"{message}; see `{self.prog} --help`")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="slimops", description="Model compression as pipeline steps.")
+    parser = _Parser(prog="slimops", description="Model compression as pipeline steps.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     step = sub.add_parser("step", help="run one step: a model directory in, a new model directory out")
@@ -132,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--config", help="YAML/JSON file with the step's options")
     step.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an option (dotted keys nest)")
     step.add_argument("--baseline", help="validate: the model to compare against")
-    step.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    step.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: all)")
     step.set_defaults(func=cmd_step)
 
     run = sub.add_parser("run", help="run a recipe locally")
@@ -154,8 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from packages or disk, never a hub
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except GateFailed as err:
         print(f"slimops: {err}", file=sys.stderr)

@@ -29,7 +29,7 @@ def validation_message(err: ValidationError, where: str) -> str:
 def parse_config(step_name: str, config: dict, where: str | None = None) -> StepConfig:
     step = get_step(step_name)
     try:
-        return step.Config.model_validate(config)
+        return step().resolve(step.Config.model_validate(config))
     except ValidationError as err:
         raise BadInput(validation_message(err, where or f"{step_name} config") +
                        f"; see `slimops steps {step_name}` for the options") from None
@@ -70,7 +70,7 @@ def run_step(step_name: str, model: Path, out: Path, config: dict | StepConfig,
               inputs: dict[str, Path] | None = None, threads: int | None = None) -> dict:
     """Run one step; write ``out`` atomically with its manifest. Raises BadInput / GateFailed."""
     step_cls = get_step(step_name)
-    cfg = config if isinstance(config, StepConfig) else parse_config(step_name, config)
+    cfg = step_cls().resolve(config) if isinstance(config, StepConfig) else parse_config(step_name, config)
     model = Path(model)
     inputs = {k: Path(v) for k, v in (inputs or {}).items()}
     missing = [name for name in step_cls.extra_inputs if name not in inputs]
@@ -80,8 +80,8 @@ def run_step(step_name: str, model: Path, out: Path, config: dict | StepConfig,
     for path in inputs.values():
         describe(path)
     out = Path(out)
-    if out.absolute() == model.absolute():
-        raise BadInput(f"--out {out} is the input model directory; write the output somewhere else")
+    if out.absolute() == model.absolute() or model.absolute() in out.absolute().parents:
+        raise BadInput(f"--out {out} is inside the input model directory {model}; write the output somewhere else")
 
     parent = lineage_of(model)
     started = time.perf_counter()
@@ -113,10 +113,19 @@ def run_step(step_name: str, model: Path, out: Path, config: dict | StepConfig,
     return manifest
 
 
-def _data_specs(config: StepConfig) -> dict:
+def _data_specs(config, prefix: str = "") -> dict:
+    """Every DataSpec in a config, nested ones included, by dotted path (``accuracy.data``)."""
+    from pydantic import BaseModel
+
     from slimops.data import DataSpec
 
-    return {name: value for name, value in config if isinstance(value, DataSpec)}
+    specs = {}
+    for name, value in config:
+        if isinstance(value, DataSpec):
+            specs[prefix + name] = value
+        elif isinstance(value, BaseModel):
+            specs.update(_data_specs(value, f"{prefix}{name}."))
+    return specs
 
 
 def _data_fingerprints(config: StepConfig) -> dict:
@@ -127,7 +136,8 @@ def _data_hashes(config: StepConfig) -> dict:
     return {name: {k: v for k, v in fp.items() if k != "path"} for name, fp in _data_fingerprints(config).items()}
 
 
-def _without_paths(config: dict) -> dict:
+def _without_paths(config):
     """Data paths differ between machines; their content hashes go into the key instead."""
-    return {k: ({kk: vv for kk, vv in v.items() if kk != "path"} if isinstance(v, dict) else v)
-            for k, v in config.items()}
+    if isinstance(config, dict):
+        return {k: _without_paths(v) for k, v in config.items() if k != "path"}
+    return config

@@ -11,6 +11,7 @@ Formats:
 from __future__ import annotations
 
 import csv
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -36,6 +37,8 @@ class DataSpec(BaseModel):
         """What a manifest records: the spec plus the sha256 of the file it read."""
         info = self.model_dump(exclude_none=True)
         if self.path:
+            if not Path(self.path).is_file():
+                raise BadInput(f"data file not found: {self.path}; check the 'path' of the dataset")
             info["sha256"] = sha256_file(Path(self.path))
         return info
 
@@ -174,8 +177,8 @@ def _read_npz(spec: DataSpec) -> Dataset:
                 raise BadInput(f"{path} has arrays {sorted(arrays.files)}, no 'x'; save inputs as x (and labels as y)")
             x = arrays["x"].astype(np.float32)
             y = arrays["y"].astype(np.int64) if "y" in arrays else None
-    except (ValueError, OSError) as err:
-        raise BadInput(f"{path} is not a readable .npz file ({err}); save it with numpy.savez") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise BadInput(f"{path} is not a readable .npz file ({type(err).__name__}: {err}); save it with numpy.savez") from None
     return Dataset(inputs=x[: spec.limit], labels=None if y is None else y[: spec.limit])
 
 

@@ -37,6 +37,21 @@ def metric_name(model_task: str, dataset: Dataset) -> str:
     raise BadInput("evaluation data has no labels or scores; use format 'sts', 'text-classification', 'digits' or npz with y")
 
 
+def check_inputs(info, dataset: Dataset, where: str = "data") -> None:
+    """Refuse data the model cannot consume, before any model runs on it."""
+    tensor_model = info.task == "tensor-classification"
+    tensor_data = isinstance(dataset.inputs, np.ndarray)
+    if tensor_model and not tensor_data:
+        raise BadInput(f"{where} is text but the model takes tensors {info.input_shape}; use format digits or npz")
+    if not tensor_model and tensor_data:
+        raise BadInput(f"{where} holds tensors but the model takes text; use format sts, text or text-classification")
+    if tensor_model and info.input_shape:
+        shape = list(dataset.inputs.shape[1:])
+        expected = [d for d in info.input_shape]
+        if len(shape) != len(expected) or any(e and e != d for e, d in zip(expected, shape)):
+            raise BadInput(f"{where} examples have shape {shape}, the model takes {expected}; reshape the data")
+
+
 def task_metrics(outputs: np.ndarray, dataset: Dataset) -> dict[str, float]:
     """Spearman x100 of cosine similarity for STS; accuracy and macro-F1 x100 for classification."""
     if dataset.kind == "sts":

@@ -45,8 +45,13 @@ def resolve_source(recipe: Recipe, run_dir: Path) -> Path:
 
 
 def init_factory_model(source, out: Path) -> Path:
-    """A freshly initialised (seeded) torch module directory: the start of a train-then-compress recipe."""
-    if read_manifest(out) is None and (out / "architecture.json").is_file():
+    """A freshly initialised (seeded) torch module directory: the start of a train-then-compress recipe.
+
+    Reused only while the recipe's model section is unchanged (recorded in ``source.json``).
+    """
+    spec = source.model_dump(mode="json")
+    recorded = out / "source.json"
+    if recorded.is_file() and json.loads(recorded.read_text()) == spec and (out / "model.safetensors").is_file():
         return out
     import torch
     from safetensors.torch import save_file
@@ -62,6 +67,7 @@ def init_factory_model(source, out: Path) -> Path:
     with atomic_dir(out) as tmp:
         save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp / "model.safetensors"))
         dump_architecture(tmp / "architecture.json", info)
+        write_json_atomic(tmp / "source.json", spec)
     return out
 
 

@@ -113,6 +113,8 @@ def _describe_onnx(model_dir: Path, onnx_files: list[str]) -> ModelInfo:
         graph = onnx.load(str(model_dir / file), load_external_data=False).graph
     except Exception as err:  # protobuf raises DecodeError and friends
         raise BadInput(f"{model_dir / file} is not a readable ONNX model ({type(err).__name__}); re-export it") from None
+    if not graph.node or not graph.output:
+        raise BadInput(f"{model_dir / file} holds no ONNX graph (empty or truncated file); re-export the model")
     outputs = [o.name for o in graph.output]
     if has_tokenizer(model_dir):
         task = "text-classification" if "logits" in outputs else "sentence-embedding"

@@ -16,7 +16,7 @@ import numpy as np
 
 from slimops import progress
 from slimops.data import load_dataset
-from slimops.evaluate import metric_name, predict_all, task_metrics
+from slimops.evaluate import check_inputs, metric_name, predict_all, task_metrics
 from slimops.handlers.runtime import OnnxModel
 from slimops.quantization import quantize_model
 
@@ -28,6 +28,7 @@ def accuracy_aware(ctx, source: Path, target: Path, config, calibration) -> dict
     target_cfg = config.accuracy
     data = load_dataset(target_cfg.data)
     name = metric_name(ctx.model_info.task, data)
+    check_inputs(ctx.model_info, data, "accuracy data")
     workdir = Path(tempfile.mkdtemp(prefix="slimops-aaq-"))
     try:
         def run_model(path: Path, inputs) -> np.ndarray:

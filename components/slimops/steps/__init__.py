@@ -23,6 +23,10 @@ class Step:
     # Extra model inputs beyond --model (validate compares against a baseline).
     extra_inputs: ClassVar[tuple[str, ...]] = ()
 
+    def resolve(self, config: StepConfig) -> StepConfig:
+        """Replace 'auto' values by what will run; the manifest and the cache key record the result."""
+        return config
+
     def run(self, ctx: "StepContext", config: StepConfig) -> "StepResult":  # pragma: no cover - interface
         raise NotImplementedError
 

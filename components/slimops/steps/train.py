@@ -8,6 +8,7 @@ from pydantic import Field
 from slimops import progress
 from slimops.data import DataSpec, load_dataset
 from slimops.errors import BadInput
+from slimops.evaluate import check_inputs
 from slimops.handlers.runtime import TorchModule, dump_architecture
 from slimops.steps import Step, StepConfig, StepResult
 
@@ -36,6 +37,7 @@ class Train(Step):
         data = load_dataset(config.data)
         if data.labels is None or not isinstance(data.inputs, np.ndarray):
             raise BadInput("train needs labelled tensor data (format 'digits' or npz with x and y)")
+        check_inputs(info, data, "train data")
         torch.manual_seed(config.seed)
         model = TorchModule(ctx.model_dir, info, ctx.threads).model.train()
         x, y = torch.from_numpy(data.inputs), torch.from_numpy(data.labels)

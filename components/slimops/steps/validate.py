@@ -8,8 +8,8 @@ from pydantic import Field
 
 from slimops import memprobe, progress
 from slimops.data import DataSpec, load_dataset
-from slimops.evaluate import (alternate_latency, alternate_throughput, fidelity, metric_name, predict_all,
-                              task_metrics)
+from slimops.evaluate import (alternate_latency, alternate_throughput, check_inputs, fidelity, metric_name,
+                              predict_all, task_metrics)
 from slimops.gate import GatePolicy, check, reasons
 from slimops.handlers import describe, load
 from slimops.manifest import write_json_atomic
@@ -45,6 +45,8 @@ class Validate(Step):
         baseline_info, candidate_info = describe(baseline_dir), ctx.model_info
         name = metric_name(candidate_info.task, dataset)
         metric_name(baseline_info.task, dataset)
+        check_inputs(candidate_info, dataset, "validate data")
+        check_inputs(baseline_info, dataset, "validate data")
         models = {"baseline": load(baseline_dir, baseline_info, ctx.threads),
                   "candidate": load(ctx.model_dir, candidate_info, ctx.threads)}
 

@@ -1,0 +1,135 @@
+"""The shipped examples, run as a user runs them, and the report they produce."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import EXAMPLES, assert_outputs_match, link_tree, run_cli
+from slimops.cli import main
+from slimops.steps import get_step, step_names
+
+
+def test_steps_lists_every_step_and_option(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # one table row per option
+    assert main(["steps"]) == 0
+    listing = capsys.readouterr().out
+    assert set(step_names()) == {"export", "compile", "quantize", "validate", "train"}
+    for name in step_names():
+        assert re.search(rf"^{name}: ", listing, re.M), f"step {name} missing from `slimops steps`"
+        for option in get_step(name).Config.model_fields:
+            assert re.search(rf"│ {option} +│", listing), f"{name}.{option} missing from `slimops steps`"
+
+
+def test_steps_for_one_step(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+    assert main(["steps", "quantize"]) == 0
+    listing = capsys.readouterr().out
+    assert listing.startswith("quantize: ") and "calibration_method" in listing and "opset" not in listing
+
+
+def table(md: str, header_start: str) -> list[list[str]]:
+    """The rows of the Markdown table whose header starts with ``header_start``."""
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def number(cell: str) -> float:
+    return float(cell.replace(",", "").rstrip("x"))
+
+
+def check_report(run_dir: Path, code: int, metric: str, candidate: str) -> dict:
+    """report.md/.html exist, hold measured numbers for baseline and candidate, and a verdict matching the exit code."""
+    summary = json.loads((run_dir / "run.json").read_text())
+    assert summary["exit_code"] == code
+    verdict = "PASSED" if summary["gate"]["passed"] else "FAILED"
+    assert code == (0 if verdict == "PASSED" else 3)
+    md = (run_dir / "report.md").read_text()
+    html = (run_dir / "report.html").read_text()
+    assert f"**Gate: {verdict}** (step `validate`)" in md
+    assert f"Gate: {verdict}" in html and "<svg" in html and "<table>" in html
+
+    rows = {row[0]: row for row in table(md, f"| model | {metric} |")}
+    assert set(rows) == {"baseline", candidate}
+    validate = json.loads((run_dir / "steps" / "validate" / "manifest.json").read_text())["metrics"]
+    for role, name in (("baseline", "baseline"), ("candidate", candidate)):
+        row = rows[name]
+        assert number(row[1]) == pytest.approx(validate[f"{role}_metric"], abs=0.01)
+        assert number(row[2]) == pytest.approx(validate[f"{role}_p50_ms"], abs=0.01) and number(row[2]) > 0
+        assert number(row[4]) > 0 and number(row[6]) > 0  # throughput, size MB
+        assert number(row[7]) > 0  # peak MB, measured in a fresh process
+    assert number(rows[candidate][5]) == pytest.approx(validate["speedup"], abs=0.01)
+    checks = table(md, "| check | measured |")
+    assert {c[0] for c in checks} == {"metric_drop", "speedup", "size_ratio"}
+    assert all(c[3] in ("pass", "FAIL") for c in checks)
+    lineage = table(md, "| step | file |")
+    assert lineage[-1][0] == "source"
+    return summary
+
+
+def check_rerender(run_dir: Path) -> None:
+    """`slimops report RUN_DIR` rebuilds both files from run.json and the manifests alone."""
+    before = {name: (run_dir / name).read_text() for name in ("report.md", "report.html")}
+    for name in before:
+        (run_dir / name).unlink()
+    done = run_cli("report", run_dir)
+    assert done.returncode == 0, done.stderr
+    assert str(run_dir / "report.html") in done.stdout
+    for name, text in before.items():
+        again = (run_dir / name).read_text()
+        assert again == text, "\n".join(difflib.unified_diff(text.splitlines(), again.splitlines(), lineterm=""))
+
+
+@pytest.mark.slow
+def test_digits_example(tmp_path):
+    """Train -> export -> static INT8 -> validate against the trained model (about a minute)."""
+    run_dir = tmp_path / "digits-run"
+    done = run_cli("run", EXAMPLES / "digits-cnn.yaml", "--out", run_dir)
+    assert done.returncode in (0, 3), done.stderr
+    summary = check_report(run_dir, done.returncode, "accuracy", "quantize")
+    assert [(s["id"], s["status"]) for s in summary["steps"]] == [
+        ("train", "ran"), ("export", "ran"), ("quantize", "ran"), ("validate", "ran")]
+    for step in summary["steps"]:
+        assert_outputs_match(Path(step["out"]))
+    validate = summary["steps"][-1]["metrics"]
+    assert validate["baseline_metric"] > 90  # the baseline really was trained
+    assert validate["metric_drop"] <= 1.0  # static INT8 keeps the accuracy the example's gate asks for
+    assert validate["size_ratio"] <= 0.5
+    check_rerender(run_dir)
+
+
+@pytest.mark.slow
+def test_minilm_example(tmp_path, minilm_onnx, minilm_compiled):
+    """all-MiniLM-L6-v2 -> ONNX -> fusions -> INT8, gated on STS-B dev against PyTorch (a few minutes).
+
+    The export and compile steps are seeded from the session's artifacts, made with the example's
+    exact configs: the runner must recognise them by content (status 'cached'), then quantize and
+    validate run for real on the full STS-B dev set.
+    """
+    run_dir = tmp_path / "minilm-run"
+    link_tree(minilm_onnx, run_dir / "steps" / "export")
+    link_tree(minilm_compiled, run_dir / "steps" / "compile")
+    code = main(["run", str(EXAMPLES / "minilm-sts.yaml"), "--out", str(run_dir)])
+    assert code in (0, 3)
+    summary = check_report(run_dir, code, "spearman", "quantize")
+    assert [(s["id"], s["status"]) for s in summary["steps"]] == [
+        ("export", "cached"), ("compile", "cached"), ("quantize", "ran"), ("validate", "ran")]
+    validate = summary["steps"][-1]["metrics"]
+    assert validate["examples"] > 2500  # every sentence of STS-B dev
+    assert validate["baseline_metric"] > 80  # MiniLM's real STS-B quality
+    assert validate["metric_drop"] <= 0.5 and validate["mean_cosine"] > 0.98
+    assert validate["size_ratio"] <= 0.35
+    md = (run_dir / "report.md").read_text()
+    steps = {row[0]: row for row in table(md, "| step | kind |")}
+    assert "Attention×6" in steps["compile"][4] and "QAttention×6" in steps["quantize"][4]
+    check_rerender(run_dir)
