@@ -25,6 +25,7 @@ test: install
 # Side-by-side benchmark (PyTorch fp32, ORT fp32, Optimum default, slimops best); rewrites BENCHMARKS.md.
 bench: install
 	$(BIN)/python benchmarks/quantize_minilm.py --write BENCHMARKS.md
+	$(BIN)/python benchmarks/profile_ops.py --write BENCHMARKS.md
 
 clean:
 	rm -rf runs .pytest_cache

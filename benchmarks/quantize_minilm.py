@@ -12,15 +12,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
-import platform
 import shutil
-import subprocess
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _markdown import machine, stamp, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV = ROOT / "examples" / "data" / "stsb" / "sts-dev.tsv"
@@ -53,12 +54,11 @@ def build_variants(work: Path) -> dict[str, Path]:
         out = work / f"best-{index}-{step}"
         run_step(step, current, out, config)
         current = out
-    variants["slimops best: " + " + ".join(f"{s}({_short(c)})" for s, c in SLIMOPS_BEST)] = current
+    resolved = json.loads((current / "manifest.json").read_text())["config"]
+    label = f"slimops best: compile (BERT fusions) + dynamic int8 (per_channel={resolved['per_channel']}, " \
+            f"reduce_range={resolved['reduce_range']})"
+    variants[label] = current
     return variants
-
-
-def _short(config: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in config.items())
 
 
 def optimum_default(onnx_dir: Path, out: Path) -> Path:
@@ -74,18 +74,6 @@ def optimum_default(onnx_dir: Path, out: Path) -> Path:
         if (onnx_dir / name).is_file() and not (out / name).is_file():
             shutil.copyfile(onnx_dir / name, out / name)
     return out
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    vnni = "AVX-512 VNNI" if "avx512_vnni" in flags else "no AVX-512 VNNI"
-    return f"{cpu}, {os.cpu_count()} cores, {vnni}, Python {platform.python_version()}"
 
 
 def main() -> int:
@@ -135,7 +123,7 @@ def main() -> int:
     table = render(rows)
     print(table)
     if args.write:
-        write(Path(args.write), table, rows)
+        write(Path(args.write), table)
     return 0
 
 
@@ -150,32 +138,21 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write(path: Path, table: str, rows: list[dict]) -> None:
-    """Replace the MiniLM section of BENCHMARKS.md, keeping any other sections."""
-    start, end = "<!-- minilm-quantize:start -->", "<!-- minilm-quantize:end -->"
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    section = "\n".join([
-        start,
+def write(path: Path, table: str) -> None:
+    write_section(path, "minilm-quantize", "\n".join([
         "## Quantization alone: all-MiniLM-L6-v2 on STS-B dev",
         "",
-        f"- Date: {stamp}",
+        f"- Date: {stamp()}",
         f"- Machine: {machine()}; {THREADS} threads for PyTorch and ONNX Runtime",
-        f"- Command: `python benchmarks/quantize_minilm.py --write BENCHMARKS.md`",
+        "- Command: `python benchmarks/quantize_minilm.py --write BENCHMARKS.md`",
         f"- Protocol: the same {SENTENCES} dev sentences at batch 32, tokenization included, {ROUNDS} rounds "
         "alternating the variants; the speedup is the median of per-round ratios (min-max in brackets). "
-        f"Batch-1 p50 over {LATENCY_RUNS} single-sentence requests, interleaved. Spearman x100 of cosine "
-        "similarity on all 1,500 dev pairs. Size = model files on disk.",
+        f"Batch-1 p50 over {LATENCY_RUNS} single-sentence requests per variant, in 5 alternating blocks. "
+        "Spearman x100 of cosine similarity on all 1,500 dev pairs. Size = model files on disk.",
         f"- Libraries: {_versions()}",
         "",
         table,
-        end,
-    ])
-    text = path.read_text() if path.is_file() else "# Benchmarks\n\nEvery number here was measured by the script named with it.\n\n"
-    if start in text:
-        text = text[: text.index(start)] + section + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
+    ]))
 
 
 def _versions() -> str:

@@ -101,17 +101,22 @@ def alternate_throughput(models: dict, inputs, batch_size: int, rounds: int, war
     return {name: Timing(t) for name, t in times.items()}
 
 
-def alternate_latency(models: dict, inputs, runs: int, warmup: int = 5) -> dict[str, dict[str, float]]:
-    """Batch-1 latency p50/p95 in ms, one request of each model in turn."""
-    samples = [inputs[i % len(inputs):i % len(inputs) + 1] for i in range(runs)]
-    for model in models.values():
-        for sample in samples[:warmup]:
-            model.predict(sample)
+def alternate_latency(models: dict, inputs, runs: int, blocks: int = 5, warmup: int = 3) -> dict[str, dict[str, float]]:
+    """Batch-1 latency p50/p95 in ms: ``blocks`` rounds, each a block of requests per model in turn.
+
+    Blocks rather than one request each: a runtime's worker threads keep spinning for a moment
+    after a call, and would otherwise slow the next model's request on a small machine.
+    """
+    per_block = max(1, runs // blocks)
     times = {name: [] for name in models}
-    for sample in samples:
+    for block in range(blocks):
+        samples = [inputs[(block * per_block + i) % len(inputs):][:1] for i in range(per_block)]
         for name, model in models.items():
-            start = time.perf_counter()
-            model.predict(sample)
-            times[name].append((time.perf_counter() - start) * 1e3)
+            for sample in samples[:warmup]:
+                model.predict(sample)
+            for sample in samples:
+                start = time.perf_counter()
+                model.predict(sample)
+                times[name].append((time.perf_counter() - start) * 1e3)
     return {name: {"p50_ms": float(np.percentile(t, 50)), "p95_ms": float(np.percentile(t, 95))}
             for name, t in times.items()}
