@@ -70,7 +70,9 @@ def optimum_default(onnx_dir: Path, out: Path) -> Path:
     config = AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False)
     with contextlib.redirect_stdout(io.StringIO()):
         quantizer.quantize(save_dir=out, quantization_config=config)
-    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "config.json"):
+    from slimops.handlers.info import TOKENIZER_FILES
+
+    for name in (*TOKENIZER_FILES, "config.json"):
         if (onnx_dir / name).is_file() and not (out / name).is_file():
             shutil.copyfile(onnx_dir / name, out / name)
     return out

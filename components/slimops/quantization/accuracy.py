@@ -17,6 +17,7 @@ import numpy as np
 from slimops import progress
 from slimops.data import load_dataset
 from slimops.evaluate import check_inputs, metric_name, predict_all, task_metrics
+from slimops.handlers.info import TOKENIZER_FILES
 from slimops.handlers.runtime import OnnxModel
 from slimops.quantization import quantize_model
 
@@ -116,6 +117,6 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def _link_tokenizer(model_dir: Path, workdir: Path) -> None:
-    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "config.json"):
+    for name in (*TOKENIZER_FILES, "config.json"):
         if (model_dir / name).is_file():
             shutil.copyfile(model_dir / name, workdir / name)

@@ -29,12 +29,10 @@ class Export(Step):
         info = ctx.model_info
         if info.format == "onnx":
             raise BadInput(f"{ctx.model_dir} is already ONNX; skip export or give the source model")
-        if info.format == "hf":
-            self._export_hf(ctx, config, info)
-        elif info.format == "torch":
-            self._export_torch(ctx, config, info)
-        else:
+        if info.format not in ("hf", "torch"):
             raise BadInput(f"export cannot take a {info.format} model")
+        with _quiet_exporters():
+            (self._export_hf if info.format == "hf" else self._export_torch)(ctx, config, info)
         out_info = describe(ctx.out_dir).model_copy(update={
             "max_length": config.max_length, "pooling": info.pooling, "normalize": info.normalize,
             "num_labels": info.num_labels, "input_shape": info.input_shape or describe(ctx.out_dir).input_shape,
@@ -72,6 +70,29 @@ class Export(Step):
         source = load(ctx.model_dir, info.model_copy(update={"max_length": config.max_length}), ctx.threads)
         exported = load(ctx.out_dir, out_info, ctx.threads)
         return float(np.max(np.abs(source.predict(batch) - exported.predict(batch))))
+
+
+@contextlib.contextmanager
+def _quiet_exporters():
+    """The exporters warn about tracing details on every call; the parity check is what tells a user
+    whether the export is right, and it is recorded in the manifest."""
+    import logging
+    import warnings
+
+    from optimum.exporters.onnx import main_export  # noqa: F401  (configures its loggers on import: first)
+    from transformers.utils import logging as hf_logging
+
+    level, optimum_logger = hf_logging.get_verbosity(), logging.getLogger("optimum")
+    optimum_level = optimum_logger.level
+    hf_logging.set_verbosity_error()
+    optimum_logger.setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            yield
+        finally:
+            hf_logging.set_verbosity(level)
+            optimum_logger.setLevel(optimum_level)
 
 
 STEP = Export
