@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from slimops.errors import BadInput
+from slimops.onnx_graph import gemm_to_matmul
 
 
 def quantize_model(source: Path, target: Path, config, exclude: list[str], model_dir: Path, calibration=None) -> None:
@@ -77,7 +78,7 @@ def _int4(source, target, config, exclude, model_dir, calibration):
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    model = _gemm_to_matmul(onnx.load(str(source)))
+    model = gemm_to_matmul(onnx.load(str(source)))
     large = _large_matmuls(model, config.int4_min_weights)
     include = [name for name in large if name not in exclude]
     if not include:
@@ -89,38 +90,6 @@ def _int4(source, target, config, exclude, model_dir, calibration):
                                      nodes_to_include=include, algo_config=algo)
     quantizer.process()
     quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
-
-
-def _gemm_to_matmul(model):
-    """Rewrite Gemm(A, W, b) with a constant W as MatMul(A, W') + b: MatMulNBits only replaces MatMul,
-    and torch.onnx writes every nn.Linear as Gemm."""
-    from onnx import helper, numpy_helper
-
-    inits = {init.name: init for init in model.graph.initializer}
-    nodes = []
-    for node in model.graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        plain = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)
-        if node.op_type != "Gemm" or not plain or node.input[1] not in inits:
-            nodes.append(node)
-            continue
-        weight = numpy_helper.to_array(inits[node.input[1]])
-        if attrs.get("transB", 0):
-            weight = weight.T
-        weight_name = node.input[1] + "_matmul"
-        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight), weight_name))
-        has_bias = len(node.input) > 2 and node.input[2]
-        product = node.output[0] + "_matmul" if has_bias else node.output[0]
-        nodes.append(helper.make_node("MatMul", [node.input[0], weight_name], [product], name=node.name + "_MatMul"))
-        if has_bias:
-            nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=node.name + "_Bias"))
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    used = {name for node in model.graph.node for name in node.input}
-    kept = [init for init in model.graph.initializer if init.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    return model
 
 
 def _large_matmuls(model, min_weights: int) -> list[str]:

@@ -38,6 +38,8 @@ _MODULES = {
     "quantize": "slimops.steps.quantize",
     "validate": "slimops.steps.validate",
     "train": "slimops.steps.train",
+    "prune": "slimops.steps.prune",
+    "factorize": "slimops.steps.factorize",
 }
 
 
