@@ -82,6 +82,7 @@ def atomic_dir(out: Path) -> Iterator[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes 0700; a model directory is read by servers and containers as other users
     try:
         yield tmp
         if out.exists():

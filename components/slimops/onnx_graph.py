@@ -11,6 +11,7 @@ def gemm_to_matmul(model):
     from onnx import helper, numpy_helper
 
     inits = {init.name: init for init in model.graph.initializer}
+    transposed: dict[tuple[str, bool], str] = {}  # one new initializer per (weight, transB), however many Gemms share it
     nodes = []
     for node in model.graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -18,11 +19,13 @@ def gemm_to_matmul(model):
         if node.op_type != "Gemm" or not plain or node.input[1] not in inits:
             nodes.append(node)
             continue
-        weight = numpy_helper.to_array(inits[node.input[1]])
-        if attrs.get("transB", 0):
-            weight = weight.T
-        weight_name = node.input[1] + "_matmul"
-        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight), weight_name))
+        key = (node.input[1], bool(attrs.get("transB", 0)))
+        if key not in transposed:
+            weight = numpy_helper.to_array(inits[node.input[1]])
+            weight = weight.T if key[1] else weight
+            transposed[key] = f"{node.input[1]}_matmul{'_t' if key[1] else ''}"
+            model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight), transposed[key]))
+        weight_name = transposed[key]
         has_bias = len(node.input) > 2 and node.input[2]
         product = node.output[0] + "_matmul" if has_bias else node.output[0]
         nodes.append(helper.make_node("MatMul", [node.input[0], weight_name], [product], name=node.name + "_MatMul"))
@@ -30,8 +33,10 @@ def gemm_to_matmul(model):
             nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=node.name + "_Bias"))
     del model.graph.node[:]
     model.graph.node.extend(nodes)
+    # Drop only the Gemm weights this rewrite made unused (never what a subgraph might still read).
     used = {name for node in model.graph.node for name in node.input}
-    kept = [init for init in model.graph.initializer if init.name in used]
+    kept = [init for init in model.graph.initializer
+            if init.name in used or init.name not in {weight for weight, _ in transposed}]
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
     return model

@@ -85,6 +85,11 @@ def _step_note(record: dict, manifest: dict) -> str:
     aaq = details.get("accuracy_aware")
     if aaq:
         notes.append(f"kept float: {', '.join(aaq['float_nodes']) or 'none'} (target met: {aaq['target_met']})")
+    if "target_sparsity" in metrics:
+        notes.append(f"sparsity {100 * metrics['sparsity']:.1f}% of pruned weights "
+                     f"({100 * metrics['overall_sparsity']:.1f}% of all)")
+    if details.get("factorized"):
+        notes.append(f"factorized {len(details['factorized'])} layers")
     if "train_accuracy" in metrics:
         notes.append(f"train accuracy {metrics['train_accuracy']:.2f}")
     if manifest.get("gate"):
