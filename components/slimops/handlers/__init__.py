@@ -5,7 +5,9 @@ A model directory is one of
   (mean pooling + normalisation, as sentence-transformers does) or a sequence classifier;
 - a PyTorch module: ``architecture.json`` naming an importable ``package.module:factory`` plus
   safetensors weights;
-- an ONNX model (``*.onnx``, external data files allowed), with its tokenizer beside it for text.
+- an ONNX model (``*.onnx``, external data files allowed), with its tokenizer beside it for text;
+- a packed ONNX artifact (``model.onnx.zst``, written by the pack step), decompressed in memory;
+- OpenVINO IR (``model.xml`` + ``model.bin``, written by compile with target openvino).
 Nothing here unpickles: weights come from safetensors or ONNX only.
 """
 

@@ -12,13 +12,14 @@ from slimops.errors import BadInput
 from slimops.manifest import read_manifest
 
 Task = Literal["sentence-embedding", "text-classification", "tensor-classification"]
+PACKED_FILE = "model.onnx.zst"  # the pack step's output: one ONNX protobuf, zstd-compressed
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
 class ModelInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    format: Literal["hf", "torch", "onnx", "openvino"]
+    format: Literal["hf", "torch", "onnx", "openvino", "onnx-packed"]
     task: Task
     file: str  # main weights / graph file, relative to the model directory
     factory: str | None = None  # torch: "package.module:callable"
@@ -52,9 +53,11 @@ def describe(model_dir: Path) -> ModelInfo:
     onnx_files = sorted(n for n in names if n.endswith(".onnx"))
     if onnx_files:
         return _describe_onnx(model_dir, onnx_files)
+    if PACKED_FILE in names:
+        return _describe_packed(model_dir)
     raise BadInput(
         f"{model_dir} is not a model directory: expected config.json + model.safetensors (Hugging Face), "
-        "architecture.json + *.safetensors (PyTorch) or a *.onnx file"
+        f"architecture.json + *.safetensors (PyTorch), a *.onnx file or {PACKED_FILE} (packed ONNX)"
     )
 
 
@@ -113,12 +116,45 @@ def _describe_onnx(model_dir: Path, onnx_files: list[str]) -> ModelInfo:
         graph = onnx.load(str(model_dir / file), load_external_data=False).graph
     except Exception as err:  # protobuf raises DecodeError and friends
         raise BadInput(f"{model_dir / file} is not a readable ONNX model ({type(err).__name__}); re-export it") from None
+    return _info_from_graph(model_dir, file, graph, "onnx")
+
+
+def read_packed(path: Path) -> bytes:
+    """The ONNX protobuf inside a packed file, decompressed in memory (no temporary file)."""
+    import zstandard
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise BadInput(f"cannot read packed model {path} ({err.strerror}); re-run the pack step") from None
+    try:
+        # A stream decompressor also takes frames that do not record their content size.
+        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    except zstandard.ZstdError as err:
+        raise BadInput(f"{path} is not a readable zstd file ({err}); re-run the pack step") from None
+
+
+def _describe_packed(model_dir: Path) -> ModelInfo:
+    import onnx
+
+    path = model_dir / PACKED_FILE
+    data = read_packed(path)
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception as err:  # protobuf raises DecodeError and friends
+        raise BadInput(f"{path} does not hold an ONNX model ({type(err).__name__}); re-run the pack step") from None
+    return _info_from_graph(model_dir, PACKED_FILE, model.graph, "onnx-packed")
+
+
+def _info_from_graph(model_dir: Path, file: str, graph, fmt: str) -> ModelInfo:
     if not graph.node or not graph.output:
         raise BadInput(f"{model_dir / file} holds no ONNX graph (empty or truncated file); re-export the model")
     outputs = [o.name for o in graph.output]
     if has_tokenizer(model_dir):
         task = "text-classification" if "logits" in outputs else "sentence-embedding"
-        return ModelInfo(format="onnx", task=task, file=file, normalize=task == "sentence-embedding")
+        return ModelInfo(format=fmt, task=task, file=file, normalize=task == "sentence-embedding")
     dims = graph.input[0].type.tensor_type.shape.dim if graph.input else []
     shape = [d.dim_value for d in dims[1:]] if dims else None
-    return ModelInfo(format="onnx", task="tensor-classification", file=file, input_shape=shape, normalize=False)
+    return ModelInfo(format=fmt, task="tensor-classification", file=file, input_shape=shape, normalize=False)

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from slimops.errors import BadInput
-from slimops.handlers.info import ModelInfo, describe
+from slimops.handlers.info import ModelInfo, describe, read_packed
 
 
 class Runnable:
@@ -105,7 +105,9 @@ class TorchModule(Runnable):
 
 
 class OnnxModel(_TextMixin, Runnable):
-    def __init__(self, model_dir, info, threads=None, providers=None):
+    """An ONNX Runtime session on ``model_dir/info.file``, or on ``model_bytes`` (a packed model, decompressed)."""
+
+    def __init__(self, model_dir, info, threads=None, providers=None, model_bytes: bytes | None = None):
         super().__init__(model_dir, info)
         import onnxruntime as ort
 
@@ -115,7 +117,8 @@ class OnnxModel(_TextMixin, Runnable):
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(self.model_dir / info.file), options,
+            source = model_bytes if model_bytes is not None else str(self.model_dir / info.file)
+            self.session = ort.InferenceSession(source, options,
                                                 providers=providers or ["CPUExecutionProvider"])
         except Exception as err:  # ORT raises its own Fail/InvalidGraph types
             raise BadInput(f"ONNX Runtime cannot load {self.model_dir / info.file}: "
@@ -149,6 +152,8 @@ def load(model_dir: Path, info: ModelInfo | None = None, threads: int | None = N
         return TorchModule(model_dir, info, threads)
     if info.format == "onnx":
         return OnnxModel(model_dir, info, threads)
+    if info.format == "onnx-packed":
+        return OnnxModel(model_dir, info, threads, model_bytes=read_packed(Path(model_dir) / info.file))
     if info.format == "openvino":
         from slimops.handlers.openvino_model import OpenVinoModel
 

@@ -40,6 +40,8 @@ _MODULES = {
     "train": "slimops.steps.train",
     "prune": "slimops.steps.prune",
     "factorize": "slimops.steps.factorize",
+    "pack": "slimops.steps.pack",
+    "distill": "slimops.steps.distill",
 }
 
 

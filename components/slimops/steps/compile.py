@@ -27,8 +27,7 @@ class Compile(Step):
 
     def run(self, ctx, config: CompileConfig) -> StepResult:
         info = ctx.model_info
-        if info.format != "onnx":
-            raise BadInput(f"compile takes an ONNX model, got {info.format}; run the export step first")
+        ctx.require_onnx("compile")
         ctx.carry_files()
         if config.target == "openvino":
             return self._openvino(ctx, info)

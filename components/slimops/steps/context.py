@@ -7,6 +7,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slimops.errors import BadInput
 from slimops.handlers.info import ModelInfo
 from slimops.manifest import MANIFEST
 
@@ -18,6 +19,16 @@ class StepContext:
     out_dir: Path  # a temporary directory, renamed into place when the step succeeds
     inputs: dict[str, Path] = field(default_factory=dict)  # extra model inputs, e.g. "baseline"
     threads: int | None = None
+
+    def require_onnx(self, step: str) -> None:
+        """The graph steps (compile, quantize, factorize, pack) take a plain ONNX model."""
+        fmt = self.model_info.format
+        if fmt == "onnx":
+            return
+        if fmt == "onnx-packed":
+            raise BadInput(f"{self.model_dir} is a packed artifact; {step} takes the unpacked ONNX model "
+                           "(pack is the last step of a chain)")
+        raise BadInput(f"{step} takes an ONNX model, got {fmt} in {self.model_dir}; run the export step first")
 
     def carry_files(self, skip_suffixes: tuple[str, ...] = (".onnx", ".onnx.data", ".safetensors", ".bin")) -> None:
         """Bring tokenizer and config files along to the output (hard links when possible)."""

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import Field
 
-from slimops.errors import BadInput
 from slimops.onnx_graph import gemm_to_matmul
 from slimops.steps import Step, StepConfig, StepResult
 
@@ -43,9 +42,7 @@ class Factorize(Step):
         import onnx
 
         info = ctx.model_info
-        if info.format != "onnx":
-            raise BadInput(f"factorize takes an ONNX model, got {info.format} in {ctx.model_dir}; "
-                           "run the export step first")
+        ctx.require_onnx("factorize")
         ctx.carry_files()
         model = onnx.load(str(ctx.model_dir / info.file))
         params_before = count_params(model)

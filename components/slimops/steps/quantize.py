@@ -9,7 +9,6 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from slimops.data import DataSpec, load_dataset
-from slimops.errors import BadInput
 from slimops.evaluate import check_inputs
 from slimops.steps import Step, StepConfig, StepResult
 
@@ -65,8 +64,7 @@ class Quantize(Step):
         from slimops.quantization import quantize_model
 
         info = ctx.model_info
-        if info.format != "onnx":
-            raise BadInput(f"quantize takes an ONNX model, got {info.format}; run the export step first")
+        ctx.require_onnx("quantize")
         source = ctx.model_dir / info.file
         target = ctx.out_dir / "model.onnx"
         ctx.carry_files()
