@@ -164,7 +164,7 @@ def test_optimizer_state_round_trips_without_pickle(tmp_path):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from slimops.steps.distill import flatten_optimizer, unflatten_optimizer
+    from slimops.checkpoint import flatten_optimizer, unflatten_optimizer
 
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)

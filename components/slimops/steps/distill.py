@@ -12,13 +12,10 @@ config and teacher resumes from the last one; a successful run removes it.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import shutil
 import sys
 import time
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -28,9 +25,9 @@ from slimops import progress
 from slimops.data import DataSpec, load_dataset
 from slimops.errors import BadInput
 from slimops.evaluate import check_inputs, metric_name, task_metrics
+from slimops.checkpoint import checkpoint_dir, clone, load_checkpoint, save_checkpoint, unflatten_optimizer
 from slimops.steps import Step, StepConfig, StepResult
 
-CKPT_STATE = "state.json"
 
 
 class StudentSpec(BaseModel):
@@ -295,7 +292,7 @@ def _train(ctx, config, info, task, data, eval_data) -> StepResult:
         return value
 
     if eval_data is not None and best_metric is None:
-        best_metric, best_step, best_state = evaluate(), 0, _clone(student.state_dict())  # the untrained student
+        best_metric, best_step, best_state = evaluate(), 0, clone(student.state_dict())  # the untrained student
         history.append({"step": 0, metric: round(best_metric, 4)})
 
     tty = sys.stderr.isatty()
@@ -325,7 +322,7 @@ def _train(ctx, config, info, task, data, eval_data) -> StepResult:
                     value = evaluate()
                     record[metric] = round(value, 4)
                     if value > best_metric:
-                        best_metric, best_step, best_state, stale_evals = value, step, _clone(student.state_dict()), 0
+                        best_metric, best_step, best_state, stale_evals = value, step, clone(student.state_dict()), 0
                     else:
                         stale_evals += 1
                 history.append(record)
@@ -344,7 +341,7 @@ def _train(ctx, config, info, task, data, eval_data) -> StepResult:
     steps_here = step - first_step
 
     if best_state is None:  # no eval data: the last weights
-        best_state, best_step = _clone(student.state_dict()), step
+        best_state, best_step = clone(student.state_dict()), step
     out_info = task.save(ctx, best_state)
     student.load_state_dict(best_state)
     student_metric = evaluate() if eval_data is not None else None
@@ -371,91 +368,6 @@ def _train(ctx, config, info, task, data, eval_data) -> StepResult:
     }
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return StepResult(model_info=out_info, metrics=metrics, details=details)
-
-
-def _clone(state: dict) -> dict:
-    return {k: v.detach().clone() for k, v in state.items()}
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def checkpoint_dir(tmp_out: Path) -> Path:
-    """``.<OUT name>.ckpt`` beside OUT; the step is handed OUT's temporary sibling ``.<OUT name>.tmp-XXXX``."""
-    tmp_out = Path(tmp_out).absolute()
-    name = tmp_out.name
-    if name.startswith(".") and ".tmp-" in name:
-        name = name[1:].rsplit(".tmp-", 1)[0]
-    return tmp_out.parent / f".{name}.ckpt"
-
-
-def flatten_optimizer(state_dict: dict) -> tuple[dict, dict]:
-    """Optimizer state as (tensors for safetensors, JSON-able rest): no pickle."""
-    import torch
-
-    tensors, scalars = {}, {}
-    for index, entry in state_dict["state"].items():
-        for key, value in entry.items():
-            if torch.is_tensor(value):
-                tensors[f"state.{index}.{key}"] = value.detach().contiguous()
-            else:
-                scalars[f"{index}.{key}"] = value
-    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
-
-
-def unflatten_optimizer(tensors: dict, meta: dict) -> dict:
-    state: dict[int, dict] = {}
-    for name, value in tensors.items():
-        if name.startswith("state."):
-            _, index, key = name.split(".", 2)
-            state.setdefault(int(index), {})[key] = value
-    for name, value in meta["scalars"].items():
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
-def save_checkpoint(ckpt_dir: Path, config_hash: str, student, optimizer, best_state, meta: dict) -> None:
-    """Write ``step-N/`` complete, then point ``state.json`` at it (atomically), then drop older ones."""
-    import torch
-    from safetensors.torch import save_file
-
-    from slimops.manifest import write_json_atomic
-
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    name = f"step-{meta['step']:08d}"
-    tmp = ckpt_dir / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(tmp / "student.safetensors"))
-    if best_state is not None:
-        save_file({k: v.contiguous() for k, v in best_state.items()}, str(tmp / "best.safetensors"))
-    tensors, opt_meta = flatten_optimizer(optimizer.state_dict())
-    tensors["__torch_rng_state__"] = torch.get_rng_state()
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    final = ckpt_dir / name
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    write_json_atomic(ckpt_dir / CKPT_STATE, {"config_hash": config_hash, "latest": name, "optimizer": opt_meta, **meta})
-    for old in ckpt_dir.iterdir():
-        if old.is_dir() and old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def load_checkpoint(ckpt_dir: Path, config_hash: str):
-    """(meta, student weights, best weights or None, optimizer tensors), or None when absent or not ours."""
-    from safetensors.torch import load_file
-
-    try:
-        meta = json.loads((ckpt_dir / CKPT_STATE).read_text())
-        if meta.get("config_hash") != config_hash:
-            return None
-        folder = ckpt_dir / meta["latest"]
-        weights = load_file(str(folder / "student.safetensors"))
-        best = load_file(str(folder / "best.safetensors")) if (folder / "best.safetensors").is_file() else None
-        return meta, weights, best, load_file(str(folder / "optimizer.safetensors"))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 STEP = Distill
