@@ -16,13 +16,10 @@ def clone(state: dict) -> dict:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def checkpoint_dir(tmp_out: Path) -> Path:
-    """``.<OUT name>.ckpt`` beside OUT; the step is handed OUT's temporary sibling ``.<OUT name>.tmp-XXXX``."""
-    tmp_out = Path(tmp_out).absolute()
-    name = tmp_out.name
-    if name.startswith(".") and ".tmp-" in name:
-        name = name[1:].rsplit(".tmp-", 1)[0]
-    return tmp_out.parent / f".{name}.ckpt"
+def checkpoint_dir(out: Path) -> Path:
+    """``.<OUT name>.ckpt`` beside OUT: outside the temporary output, so it survives a killed run."""
+    out = Path(out).absolute()
+    return out.parent / f".{out.name}.ckpt"
 
 
 def flatten_optimizer(state_dict: dict) -> tuple[dict, dict]:

@@ -86,7 +86,8 @@ def run_step(step_name: str, model: Path, out: Path, config: dict | StepConfig,
     parent = lineage_of(model)
     started = time.perf_counter()
     with atomic_dir(out) as tmp:
-        ctx = StepContext(model_dir=model, model_info=info, out_dir=tmp, inputs=inputs, threads=threads)
+        ctx = StepContext(model_dir=model, model_info=info, out_dir=tmp, inputs=inputs, threads=threads,
+                          final_out=out.absolute())
         result = step_cls().run(ctx, cfg)
         manifest = {
             "step": step_name,

@@ -19,6 +19,7 @@ class StepContext:
     out_dir: Path  # a temporary directory, renamed into place when the step succeeds
     inputs: dict[str, Path] = field(default_factory=dict)  # extra model inputs, e.g. "baseline"
     threads: int | None = None
+    final_out: Path | None = None  # where out_dir will be renamed to (for state kept beside it, e.g. checkpoints)
 
     def require_onnx(self, step: str) -> None:
         """The graph steps (compile, quantize, factorize, pack) take a plain ONNX model."""
@@ -26,7 +27,7 @@ class StepContext:
         if fmt == "onnx":
             return
         if fmt == "onnx-packed":
-            raise BadInput(f"{self.model_dir} is a packed artifact; {step} takes the unpacked ONNX model "
+            raise BadInput(f"{self.model_dir} is a packed artifact ({fmt}); {step} takes the unpacked ONNX model "
                            "(pack is the last step of a chain)")
         raise BadInput(f"{step} takes an ONNX model, got {fmt} in {self.model_dir}; run the export step first")
 

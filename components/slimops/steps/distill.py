@@ -257,7 +257,7 @@ def _train(ctx, config, info, task, data, eval_data) -> StepResult:
     per_epoch = math.ceil(n / config.batch_size)
     metric = metric_name(info.task, eval_data) if eval_data is not None else None
 
-    ckpt_dir = checkpoint_dir(ctx.out_dir)
+    ckpt_dir = checkpoint_dir(ctx.final_out)
     config_hash = cache_key("distill", config, {"model": ctx.model_dir})
     step, best_metric, best_step, stale_evals, best_state = 0, None, None, 0, None
     history: list[dict] = []

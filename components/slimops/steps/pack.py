@@ -37,9 +37,7 @@ class Pack(Step):
         import zstandard
 
         info = ctx.model_info
-        if info.format != "onnx":
-            raise BadInput(f"pack takes an ONNX model, got {info.format} in {ctx.model_dir}; "
-                           "run the export step first (and prune / quantize for a small artifact)")
+        ctx.require_onnx("pack")
         source = ctx.model_dir / info.file
         header = onnx.load(str(source), load_external_data=False)
         data_files = sorted({entry.value for tensor in _tensors(header.graph)

@@ -11,7 +11,7 @@ from slimops.evaluate import (alternate_latency, alternate_throughput, check_inp
                               predict_all, task_metrics)
 from slimops.gate import GatePolicy, check, reasons
 from slimops.handlers import describe, load
-from slimops.manifest import write_json_atomic
+from slimops.manifest import hash_tree, write_json_atomic
 from slimops.steps import Step, StepConfig, StepResult
 from slimops.steps.context import link_or_copy
 
@@ -102,7 +102,6 @@ class Validate(Step):
                 target = ctx.out_dir / path.relative_to(ctx.model_dir)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 link_or_copy(path, target)
-        from slimops.manifest import hash_tree
 
         report = {
             "passed": passed,
