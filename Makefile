@@ -5,12 +5,13 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test install bench clean
 
-$(BIN)/slimops: pyproject.toml
+$(BIN)/slimops: pyproject.toml infra/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: 2.13.0 is the CPU wheel; anything else may pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	# The constraints are the resolved set: without them pip backtracks for many minutes (sagemaker's s3fs).
+	$(BIN)/pip install -q -e '.[test]' -c infra/constraints.txt
 	touch $(BIN)/slimops
 
 install: $(BIN)/slimops

@@ -70,9 +70,35 @@ def cmd_step(args) -> int:
 
     config = _merge(_load_config_file(args.config), _parse_sets(args.set))
     inputs = {"baseline": Path(args.baseline)} if args.baseline else {}
-    manifest = run_step(args.name, Path(args.model), Path(args.out), config, inputs, threads=args.threads)
+    try:
+        manifest = run_step(args.name, Path(args.model), Path(args.out), config, inputs, threads=args.threads)
+    except GateFailed:
+        # A pipeline that branches on the gate (--on-gate-fail continue) reads --gate-output instead of the
+        # exit code; the manifest and gate_report.json are written either way.
+        _write_gate_output(args.gate_output, False)
+        if args.on_gate_fail == "continue":
+            print(f"slimops: gate failed; continuing (--on-gate-fail continue): {Path(args.out) / 'gate_report.json'}",
+                  file=sys.stderr)
+            return EXIT_OK
+        raise
+    if manifest.get("gate") is not None:
+        _write_gate_output(args.gate_output, manifest["gate"]["passed"])
     print(json.dumps({"step": args.name, "out": str(Path(args.out).absolute()), "metrics": manifest["metrics"]},
                      indent=2, default=str))
+    return EXIT_OK
+
+
+def _write_gate_output(path: str | None, passed: bool) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text("true" if passed else "false")
+
+
+def cmd_source(args) -> int:
+    from slimops.runner import materialize_source
+
+    out = materialize_source(_parse_sets(args.set), Path(args.out))
+    print(json.dumps({"step": "source", "out": str(out.absolute())}))
     return EXIT_OK
 
 
@@ -153,7 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an option (dotted keys nest)")
     step.add_argument("--baseline", help="validate: the model to compare against")
     step.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: all)")
+    step.add_argument("--on-gate-fail", choices=("exit", "continue"), default="exit",
+                      help="exit: a failed gate exits 3 (default); continue: exit 0, the pipeline branches on --gate-output")
+    step.add_argument("--gate-output", metavar="FILE", help="write the gate verdict there as true/false")
     step.set_defaults(func=cmd_step)
+
+    source = sub.add_parser("source", help="materialise a recipe's model section as a model directory")
+    source.add_argument("--out", required=True, help="output directory (written atomically)")
+    source.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="model fields: package=..., or factory=... kwargs=... input_shape=... num_labels=...")
+    source.set_defaults(func=cmd_source)
 
     run = sub.add_parser("run", help="run a recipe locally")
     run.add_argument("recipe")
@@ -168,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="re-render a run's report.html / report.md")
     report.add_argument("run_dir")
     report.set_defaults(func=cmd_report)
+
+    from slimops.serving.commands import add_commands  # serve, promote, rollback
+
+    add_commands(sub)
     return parser
 
 

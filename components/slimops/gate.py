@@ -41,3 +41,34 @@ def reasons(rows: list[dict]) -> list[str]:
 
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4g}"
+
+
+def require_passing_gate(model_dir) -> dict:
+    """The gate report of a validated model directory, if it passed and still describes these exact files.
+
+    promote and deploy call this before they touch a registry or an endpoint: a model without a report, with a
+    failed report, or whose files changed after validation (hashes differ) raises GateFailed (exit 3).
+    """
+    import json
+    from pathlib import Path
+
+    from slimops.errors import GateFailed
+    from slimops.manifest import MANIFEST, hash_tree
+
+    model_dir = Path(model_dir)
+    report_path = model_dir / "gate_report.json"
+    if not report_path.is_file():
+        raise GateFailed(f"{model_dir} has no gate_report.json; only the output of a validate step whose gate "
+                         "passed can be promoted or deployed")
+    report = json.loads(report_path.read_text())
+    if not report.get("passed"):
+        raise GateFailed(f"{model_dir}: the gate failed ({'; '.join(report.get('reasons', [])) or 'no reason given'}); "
+                         "a failed model is never promoted", report_path=report_path)
+    expected = report.get("candidate_files") or {}
+    actual = hash_tree(model_dir, skip=(MANIFEST, "gate_report.json"))
+    if expected != actual:
+        changed = sorted(set(expected.items()) ^ set(actual.items()))
+        names = sorted({name for name, _ in changed})
+        raise GateFailed(f"{model_dir}: files differ from the ones the gate passed ({', '.join(names[:5])}); "
+                         "validate this exact artifact again", report_path=report_path)
+    return report

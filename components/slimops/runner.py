@@ -44,6 +44,36 @@ def resolve_source(recipe: Recipe, run_dir: Path) -> Path:
     return init_factory_model(source, run_dir / "source")
 
 
+def materialize_source(spec: dict, out: Path, base: Path | None = None) -> Path:
+    """``slimops source``: the recipe's model as a directory of its own at ``out`` (what a pipeline's first task
+    hands to the next). A package's model files are linked or copied; a factory model is initialised (seeded)."""
+    from pydantic import ValidationError
+
+    from slimops.core import lineage_of, validation_message
+    from slimops.recipe import ModelSource
+    from slimops.steps.context import link_or_copy
+
+    try:
+        source = ModelSource.model_validate(spec)
+    except ValidationError as err:
+        raise BadInput(validation_message(err, "model")) from None
+    if source.factory:
+        return init_factory_model(source, out)
+    origin = resolve_source(Recipe.model_construct(model=source, path=(base or Path.cwd()) / "recipe.yaml"), out.parent)
+    if not origin.is_dir():
+        raise BadInput(f"model directory not found: {origin}; give model.path or model.package")
+    record = lineage_of(origin)
+    with atomic_dir(out) as tmp:
+        for path in origin.rglob("*"):
+            if path.is_file():
+                target = tmp / path.relative_to(origin)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                link_or_copy(path, target)
+        if record.get("step") == "source":
+            write_json_atomic(tmp / "manifest.json", {**record, "spec": source.model_dump(mode="json", exclude_none=True)})
+    return out
+
+
 def init_factory_model(source, out: Path) -> Path:
     """A freshly initialised (seeded) torch module directory: the start of a train-then-compress recipe.
 
