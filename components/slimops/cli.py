@@ -67,6 +67,7 @@ def _positive_int(text: str) -> int:
 
 def cmd_step(args) -> int:
     from slimops.core import run_step
+    from slimops.manifest import read_manifest
 
     config = _merge(_load_config_file(args.config), _parse_sets(args.set))
     inputs = {"baseline": Path(args.baseline)} if args.baseline else {}
@@ -76,6 +77,7 @@ def cmd_step(args) -> int:
         # A pipeline that branches on the gate (--on-gate-fail continue) reads --gate-output instead of the
         # exit code; the manifest and gate_report.json are written either way.
         _write_gate_output(args.gate_output, False)
+        _write_metrics_output(args.metrics_output, read_manifest(Path(args.out)))
         if args.on_gate_fail == "continue":
             print(f"slimops: gate failed; continuing (--on-gate-fail continue): {Path(args.out) / 'gate_report.json'}",
                   file=sys.stderr)
@@ -83,9 +85,16 @@ def cmd_step(args) -> int:
         raise
     if manifest.get("gate") is not None:
         _write_gate_output(args.gate_output, manifest["gate"]["passed"])
+    _write_metrics_output(args.metrics_output, manifest)
     print(json.dumps({"step": args.name, "out": str(Path(args.out).absolute()), "metrics": manifest["metrics"]},
                      indent=2, default=str))
     return EXIT_OK
+
+
+def _write_metrics_output(path: str | None, manifest: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(manifest.get("metrics", {}), sort_keys=True, default=str))
 
 
 def _write_gate_output(path: str | None, passed: bool) -> None:
@@ -177,11 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--out", required=True, help="output directory (written atomically)")
     step.add_argument("--config", help="YAML/JSON file with the step's options")
     step.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an option (dotted keys nest)")
-    step.add_argument("--baseline", help="validate: the model to compare against")
+    step.add_argument("--baseline", help="validate: the model to compare against; distill (student.from_input): the teacher")
     step.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: all)")
     step.add_argument("--on-gate-fail", choices=("exit", "continue"), default="exit",
                       help="exit: a failed gate exits 3 (default); continue: exit 0, the pipeline branches on --gate-output")
     step.add_argument("--gate-output", metavar="FILE", help="write the gate verdict there as true/false")
+    step.add_argument("--metrics-output", metavar="FILE", help="write the step's metrics there as JSON")
     step.set_defaults(func=cmd_step)
 
     source = sub.add_parser("source", help="materialise a recipe's model section as a model directory")

@@ -37,6 +37,7 @@ class StepCall:
     baseline: str | None  # validate: id of the model it compares against
     config: dict  # the step's config; data paths relative to the recipe directory
     after_gate: bool  # part of the promotion branch: runs only when the gate passed
+    placement: dict | None = None  # accelerator / node selector / tolerations on an orchestrator (the step's or the recipe's)
 
     @property
     def gated(self) -> bool:
@@ -47,7 +48,8 @@ class StepCall:
         return _place_data(self.config, str(recipe_dir))
 
     def argv(self, model: str, out: str, baseline: str | None = None, recipe_dir: str | Path = ".",
-             threads: int | None = None, gate_output: str | None = None) -> list[str]:
+             threads: int | None = None, gate_output: str | None = None,
+             metrics_output: str | None = None) -> list[str]:
         """``slimops step ...``: the container entrypoint command. Options go as ``--set key=<json>``.
 
         With ``gate_output`` the gating step writes ``true``/``false`` there and exits 0 on a failed gate, so a
@@ -64,6 +66,8 @@ class StepCall:
             argv += ["--threads", str(threads)]
         if gate_output is not None and self.gated:
             argv += ["--on-gate-fail", "continue", "--gate-output", gate_output]
+        if metrics_output is not None:
+            argv += ["--metrics-output", metrics_output]
         return argv
 
 
@@ -91,10 +95,14 @@ class Plan:
     def promotion(self) -> list[StepCall]:
         return [c for c in self.calls if c.after_gate]
 
-    def source_argv(self, out: str) -> list[str]:
-        """``slimops source``: materialise the recipe's model (a package's files, or a seeded factory module)."""
+    def source_argv(self, out: str, recipe_dir: str | Path = ".") -> list[str]:
+        """``slimops source``: materialise the recipe's model (a package's files, or a seeded factory module).
+        A ``path`` model is placed under ``recipe_dir``, as data paths are."""
         argv = ["slimops", "source", "--out", out]
-        for key, value in sorted(self.model.items()):
+        model = dict(self.model)
+        if "path" in model and not os.path.isabs(model["path"]):
+            model["path"] = os.path.normpath(os.path.join(str(recipe_dir), model["path"]))
+        for key, value in sorted(model.items()):
             argv += ["--set", f"{key}={json.dumps(value, sort_keys=True)}"]
         return argv
 
@@ -114,12 +122,17 @@ def plan_recipe(recipe: Recipe | str | Path, require_gate: bool = True) -> Plan:
     base = recipe.path.parent
     calls = [StepCall(id=s.id, step=s.step, input=s.input, baseline=s.baseline,
                       config=_relative_data(s.config, base),
-                      after_gate=gate_index is not None and i > gate_index)
+                      after_gate=gate_index is not None and i > gate_index,
+                      placement=_placement(s.placement or recipe.placement))
              for i, s in enumerate(recipe.steps)]
     model = recipe.model.model_dump(exclude_none=True, exclude_defaults=True)
     if "path" in model:
         model["path"] = os.path.relpath((base / model["path"]).resolve(), base)
     return Plan(name=recipe.name, recipe_path=recipe.path, model=model, threads=recipe.threads, calls=calls)
+
+
+def _placement(placement) -> dict | None:
+    return None if placement is None else placement.model_dump(exclude_none=True, exclude_defaults=True) or None
 
 
 def _gate_checks(config: dict) -> bool:
