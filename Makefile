@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench clean tools
 
 $(BIN)/slimops: pyproject.toml infra/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/quantize_minilm.py --write BENCHMARKS.md
 	$(BIN)/python benchmarks/profile_ops.py --write BENCHMARKS.md
+
+# checkov (terraform security scan) pins libraries the SDK extras conflict with: it gets its own venv.
+TOOLS ?= .venv-tools
+tools: $(TOOLS)/bin/checkov
+
+$(TOOLS)/bin/checkov:
+	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q checkov
 
 clean:
 	rm -rf runs .pytest_cache
