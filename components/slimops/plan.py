@@ -186,6 +186,8 @@ def run_call(call: StepCall, model: str | Path, out: str | Path, baseline: str |
                             threads=threads)
     except GateFailed:
         manifest = read_manifest(Path(out))
+        if manifest is None:  # nothing written: a refusal (e.g. promote without a passing gate), not a verdict
+            raise
     gate = manifest.get("gate")
     return {"manifest": manifest, "gate_passed": None if gate is None else gate["passed"],
             "reasons": [] if gate is None else gate["reasons"]}
