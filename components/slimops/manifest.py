@@ -85,6 +85,7 @@ def atomic_dir(out: Path) -> Iterator[Path]:
     tmp.chmod(0o755)  # mkdtemp makes 0700; a model directory is read by servers and containers as other users
     try:
         yield tmp
+        _readable_by_all(tmp)
         if out.exists():
             # Replace a previous output only once the new one is complete.
             old = out.with_name(f".{out.name}.old-{os.getpid()}-{time.monotonic_ns()}")
@@ -96,6 +97,16 @@ def atomic_dir(out: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _readable_by_all(root: Path) -> None:
+    # Some writers (safetensors' save_file) create files 0600; a model made by one user (root in a pipeline
+    # step) must be readable by the next step's container user and by servers.
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(path.stat().st_mode | 0o444)
+        elif path.is_dir():
+            path.chmod(path.stat().st_mode | 0o555)
 
 
 def clean_stale_temps(out: Path) -> None:

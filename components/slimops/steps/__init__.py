@@ -42,6 +42,9 @@ _MODULES = {
     "factorize": "slimops.steps.factorize",
     "pack": "slimops.steps.pack",
     "distill": "slimops.steps.distill",
+    "deploy": "slimops.steps.deploy",
+    "register": "slimops.steps.register",
+    "promote": "slimops.steps.promote",
 }
 
 

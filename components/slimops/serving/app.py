@@ -1,0 +1,209 @@
+"""The HTTP side of ``slimops serve``: a Starlette app speaking the Open Inference Protocol v2 REST API.
+
+Routes (OIP v2): GET /v2, /v2/health/live, /v2/health/ready, /v2/models/{name}[/versions/{v}],
+/v2/models/{name}[/versions/{v}]/ready; POST /v2/models/{name}[/versions/{v}]/infer. Extension:
+GET /v2/models/{name}/canary (the split, the SLO window and whether the canary was rolled back).
+
+``/v2/models/{name}/infer`` is the production route: it goes to the champion, or to the challenger for the
+canary's share. ``/versions/{v}/infer`` reaches one version directly and is not counted by the canary.
+
+Inference runs on a small thread pool (ONNX Runtime releases the GIL), so health checks and 4xx answers stay
+fast while models are busy. Any failure inside a model is answered 500 with a JSON error; the server goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from slimops.serving.canary import CanaryMonitor
+from slimops.serving.model import ServedModel
+from slimops.serving.oip import Limits, RequestError
+
+
+@dataclass
+class Endpoint:
+    """What one server serves: a model name, its champion and (optionally) a challenger under canary."""
+
+    name: str
+    champion: ServedModel
+    challenger: ServedModel | None = None
+    monitor: CanaryMonitor | None = None
+
+    def versions(self) -> dict[str, tuple[str, ServedModel]]:
+        served = {self.champion.version: ("champion", self.champion)}
+        if self.challenger is not None:
+            served.setdefault(self.challenger.version, ("challenger", self.challenger))
+        return served
+
+    def route(self) -> tuple[str, ServedModel]:
+        if self.challenger is not None and self.monitor is not None and self.monitor.choose_challenger():
+            return "challenger", self.challenger
+        return "champion", self.champion
+
+
+def build_app(endpoint: Endpoint, limits: Limits = Limits(), workers: int = 2):
+    from slimops import __version__
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slimops-infer")
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    def find(request) -> tuple[str, ServedModel] | JSONResponse:
+        name, version = request.path_params["name"], request.path_params.get("version")
+        if name != endpoint.name:
+            return error(404, f"model {name!r} is not served here; this server serves {endpoint.name!r}")
+        if version is None:
+            return "champion", endpoint.champion
+        found = endpoint.versions().get(version)
+        if found is None:
+            return error(404, f"model {name!r} has no version {version!r} here; served versions: "
+                              f"{', '.join(endpoint.versions())}")
+        return found
+
+    async def live(request):
+        return JSONResponse({"live": True})
+
+    async def ready(request):
+        return JSONResponse({"ready": True})
+
+    async def server_metadata(request):
+        return JSONResponse({"name": "slimops", "version": __version__, "extensions": ["canary"]})
+
+    async def model_metadata(request):
+        found = find(request)
+        if isinstance(found, JSONResponse):
+            return found
+        meta = found[1].metadata()
+        if request.path_params.get("version") is None:
+            meta["versions"] = list(endpoint.versions())
+        return JSONResponse(meta)
+
+    async def model_ready(request):
+        found = find(request)
+        if isinstance(found, JSONResponse):
+            return found
+        return JSONResponse({"name": endpoint.name, "ready": True})
+
+    async def canary(request):
+        found = find(request)
+        if isinstance(found, JSONResponse):
+            return found
+        status = endpoint.monitor.status() if endpoint.monitor else {"percent": 0.0, "rolled_back": False}
+        return JSONResponse({"champion": endpoint.champion.version,
+                             "challenger": endpoint.challenger.version if endpoint.challenger else None, **status})
+
+    async def infer(request):
+        found = find(request)
+        if isinstance(found, JSONResponse):
+            return found
+        try:
+            body = await _read_json(request, limits)
+        except RequestError as err:
+            return error(err.status, str(err))
+        direct = request.path_params.get("version") is not None
+        role, model = found if direct else endpoint.route()
+        started = time.perf_counter()
+        try:
+            arrays, requested, request_id = model.parse(body, limits)
+            outputs = await asyncio.get_running_loop().run_in_executor(executor, model.infer, arrays, requested)
+        except RequestError as err:  # the client's mistake: not the model's, never counted by the canary
+            return error(err.status, str(err))
+        except Exception as err:  # the model failed: 500, counted, and the server goes on
+            _record(endpoint, role, direct, False, started)
+            return error(500, f"model {endpoint.name} version {model.version} failed: {type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:300] if str(err) else ''}")
+        _record(endpoint, role, direct, True, started)
+        response = {"model_name": endpoint.name, "model_version": model.version, "outputs": outputs}
+        if request_id is not None:
+            response["id"] = request_id
+        return JSONResponse(response)
+
+    async def http_error(request, exc: HTTPException):
+        return error(exc.status_code, exc.detail if isinstance(exc.detail, str) else "request refused")
+
+    async def internal_error(request, exc: Exception):
+        return error(500, f"internal error: {type(exc).__name__}")
+
+    model = "/v2/models/{name}"
+    versioned = "/v2/models/{name}/versions/{version}"
+    routes = [
+        Route("/v2", server_metadata, methods=["GET"]),
+        Route("/v2/health/live", live, methods=["GET"]),
+        Route("/v2/health/ready", ready, methods=["GET"]),
+        Route(model, model_metadata, methods=["GET"]),
+        Route(versioned, model_metadata, methods=["GET"]),
+        Route(model + "/ready", model_ready, methods=["GET"]),
+        Route(versioned + "/ready", model_ready, methods=["GET"]),
+        Route(model + "/infer", infer, methods=["POST"]),
+        Route(versioned + "/infer", infer, methods=["POST"]),
+        Route(model + "/canary", canary, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: internal_error})
+    app.state.executor = executor
+    return app
+
+
+def _record(endpoint: Endpoint, role: str, direct: bool, ok: bool, started: float) -> None:
+    if endpoint.monitor is not None and not direct:
+        endpoint.monitor.record(role, ok, (time.perf_counter() - started) * 1000)
+
+
+async def _read_json(request, limits: Limits):
+    """The body as JSON; over the size limit, 413 without keeping the body.
+
+    An oversized body is read and dropped (up to ``_DRAIN_FACTOR`` times the limit) before answering, so the
+    client gets its 413 instead of a connection reset in the middle of its upload; nothing is buffered.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and not declared.isdigit():
+        raise RequestError("Content-Length is not a number")
+    too_big = RequestError(f"request body of {declared or 'more than ' + str(limits.max_body_bytes)} bytes is over "
+                           f"this server's limit of {limits.max_body_bytes} bytes; send smaller batches", status=413)
+    drain_limit = limits.max_body_bytes * _DRAIN_FACTOR
+    if declared is not None and int(declared) > drain_limit:
+        raise too_big  # not worth reading: the connection is closed after the answer
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limits.max_body_bytes:
+            chunks = None
+            if size > drain_limit:
+                break
+        elif chunks is not None:
+            chunks.append(chunk)
+    if chunks is None:
+        raise too_big
+    try:
+        return json.loads(b"".join(chunks))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RequestError(f"the request body is not valid JSON ({getattr(err, 'msg', None) or err})") from None
+    except RecursionError:
+        raise RequestError("the request body nests too deeply") from None
+
+
+_DRAIN_FACTOR = 8
+
+
+def serve(endpoint: Endpoint, host: str = "127.0.0.1", port: int = 8080, limits: Limits = Limits(),
+          workers: int = 2) -> None:
+    """Run the server in the foreground until interrupted."""
+    import uvicorn
+
+    app = build_app(endpoint, limits, workers)
+    challenger = ""
+    if endpoint.challenger is not None and endpoint.monitor is not None:
+        challenger = f" and version {endpoint.challenger.version} (challenger, {endpoint.monitor.percent:g}% canary)"
+    print(f"slimops: serving {endpoint.name} version {endpoint.champion.version} (champion){challenger} on "
+          f"http://{host}:{port}/v2/models/{endpoint.name}", file=sys.stderr, flush=True)
+    # One process: the canary's window and the split live in this process's memory.
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, workers=None)

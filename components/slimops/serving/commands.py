@@ -1,0 +1,147 @@
+"""``slimops serve``, ``slimops promote`` and ``slimops rollback``: argument parsing and wiring only.
+
+``slimops.cli`` adds these subcommands through ``add_commands``; errors follow the CLI's contract
+(one ``slimops: error:`` line, exit 2; a gate problem exits 3).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from slimops.errors import EXIT_OK, BadInput
+
+
+def add_commands(sub) -> None:
+    serve = sub.add_parser("serve", help="serve ONNX models over the Open Inference Protocol v2 (REST), with a canary")
+    source = serve.add_argument_group("what to serve (a registry, or model directories)")
+    source.add_argument("--registry", help="registry directory (default store: <run dir>/registry): serves the "
+                                           "champion and, under canary, the challenger")
+    source.add_argument("--model", help="registered model name (default: the only one in the registry)")
+    source.add_argument("--champion", help="a model directory to serve as the champion")
+    source.add_argument("--challenger", help="a model directory to serve as the challenger (canary)")
+    source.add_argument("--name", default="model", help="model name to serve directories under (default: model)")
+    canary = serve.add_argument_group("canary (defaults: the challenger's policy from promote, else 10%% / 1%% errors)")
+    canary.add_argument("--canary-percent", type=float, help="share of requests for the challenger, 0-50")
+    canary.add_argument("--max-error-rate", type=float, help="roll back above this challenger error rate (0-1)")
+    canary.add_argument("--max-p95-ms", type=float, help="roll back above this challenger p95 latency, ms")
+    canary.add_argument("--min-requests", type=int, help="challenger requests in the window before judging")
+    canary.add_argument("--window-s", type=float, help="sliding window, seconds")
+    canary.add_argument("--audit-log", help="model-directory mode: append canary rollbacks to this JSONL file")
+    server = serve.add_argument_group("server")
+    server.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
+    server.add_argument("--port", type=int, default=8080)
+    server.add_argument("--workers", type=int, default=2, help="inference threads (default 2)")
+    server.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads per model (default 1)")
+    server.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024, help="larger requests get 413")
+    server.add_argument("--max-batch", type=int, default=64, help="larger batches get 413")
+    serve.set_defaults(func=cmd_serve)
+
+    promote = sub.add_parser("promote", help="move the registry's champion to a registered, gated version (audited)")
+    promote.add_argument("--registry", required=True, help="registry directory")
+    promote.add_argument("--model", help="registered model name (default: the only one)")
+    promote.add_argument("--version", required=True, help="model version to make champion")
+    promote.add_argument("--reason", default="promoted by hand", help="why, for the audit log")
+    promote.set_defaults(func=cmd_promote)
+
+    rollback = sub.add_parser("rollback", help="restore the previous champion (audited)")
+    rollback.add_argument("--registry", required=True, help="registry directory")
+    rollback.add_argument("--model", help="registered model name (default: the only one)")
+    rollback.add_argument("--reason", default="rolled back by hand", help="why, for the audit log")
+    rollback.set_defaults(func=cmd_rollback)
+
+
+def _open(args):
+    from slimops.registry import Registry
+
+    registry = Registry.open(args.registry, create=False)
+    name = args.model
+    if name is None:
+        names = registry.model_names()
+        if len(names) != 1:
+            raise BadInput(f"registry {registry.directory} holds {len(names)} models ({', '.join(names) or 'none'}); "
+                           "name one with --model")
+        name = names[0]
+    return registry, name
+
+
+def cmd_promote(args) -> int:
+    registry, name = _open(args)
+    print(json.dumps(registry.promote(name, args.version, args.reason), indent=2))
+    return EXIT_OK
+
+
+def cmd_rollback(args) -> int:
+    registry, name = _open(args)
+    print(json.dumps(registry.rollback(name, args.reason), indent=2))
+    return EXIT_OK
+
+
+def cmd_serve(args) -> int:
+    from pydantic import ValidationError
+
+    from slimops.core import validation_message
+    from slimops.serving.app import Endpoint, serve
+    from slimops.serving.canary import CanaryMonitor, CanaryPolicy
+    from slimops.serving.model import ServedModel
+    from slimops.serving.oip import Limits
+
+    for flag, value in (("--port", args.port), ("--workers", args.workers), ("--threads", args.threads),
+                        ("--max-body-bytes", args.max_body_bytes), ("--max-batch", args.max_batch)):
+        if value < (0 if flag == "--port" else 1) or (flag == "--port" and value > 65535):
+            raise BadInput(f"{flag} {value} is out of range")
+    if bool(args.registry) == bool(args.champion):
+        raise BadInput("give either --registry DIR (serve its champion and challenger) or --champion DIR "
+                       "[--challenger DIR]")
+    if args.challenger and not args.champion:
+        raise BadInput("--challenger needs --champion")
+
+    policy_source: dict = {}
+    if args.registry:
+        from slimops.registry import CHALLENGER, CHAMPION, TAG_CANARY_POLICY, TAG_CANARY_STATUS
+
+        registry, name = _open(args)
+        champion_version = registry.alias(name, CHAMPION)
+        if champion_version is None:
+            raise BadInput(f"{name} has no champion in {registry.directory}; promote a validated version first")
+        champion = ServedModel(name, champion_version, registry.fetch(name, champion_version), args.threads)
+        challenger = None
+        challenger_version = registry.alias(name, CHALLENGER)
+        if challenger_version is not None and challenger_version != champion_version:
+            tags = registry.version_tags(name, challenger_version)
+            if not tags.get(TAG_CANARY_STATUS, "").startswith("rolled_back"):
+                challenger = ServedModel(name, challenger_version, registry.fetch(name, challenger_version), args.threads)
+                policy_source = json.loads(tags.get(TAG_CANARY_POLICY, "{}"))
+
+        def on_rollback(reason: str, stats: dict) -> None:
+            registry.reject_challenger(name, challenger.version, reason, {"window": stats})
+            print(f"slimops: canary rolled back: {name} version {challenger.version}: {reason}", file=sys.stderr,
+                  flush=True)
+    else:
+        name = args.name
+        champion = ServedModel(name, "champion", Path(args.champion), args.threads)
+        challenger = ServedModel(name, "challenger", Path(args.challenger), args.threads) if args.challenger else None
+        audit_log = Path(args.audit_log) if args.audit_log else None
+
+        def on_rollback(reason: str, stats: dict) -> None:
+            from slimops.registry import _now, actor, append_audit
+
+            if audit_log is not None:
+                append_audit(audit_log, {"time": _now(), "action": "canary_rollback", "model": name,
+                                         "from": str(Path(args.challenger).absolute()),
+                                         "to": str(Path(args.champion).absolute()), "who": actor(), "why": reason,
+                                         "window": stats})
+            print(f"slimops: canary rolled back: {name} challenger {args.challenger}: {reason}", file=sys.stderr,
+                  flush=True)
+
+    overrides = {"percent": args.canary_percent, "max_error_rate": args.max_error_rate, "max_p95_ms": args.max_p95_ms,
+                 "min_requests": args.min_requests, "window_s": args.window_s}
+    try:
+        policy = CanaryPolicy.model_validate({**policy_source, **{k: v for k, v in overrides.items() if v is not None}})
+    except ValidationError as err:
+        raise BadInput(validation_message(err, "canary policy")) from None
+    monitor = CanaryMonitor(policy, on_rollback) if challenger is not None else None
+    limits = Limits(max_body_bytes=args.max_body_bytes, max_batch=args.max_batch)
+    serve(Endpoint(name, champion, challenger, monitor), args.host, args.port, limits, args.workers)
+    return EXIT_OK

@@ -1,0 +1,114 @@
+"""One served model: an ONNX Runtime session built by ``slimops.handlers`` (plain or packed ONNX), its OIP
+metadata, and inference on validated arrays.
+
+Text models take their token tensors (``input_ids``, ``attention_mask``, ``token_type_ids``, INT64) or, in
+their place, a BYTES tensor ``text`` tokenized with the tokenizer files beside the model. Sentence encoders
+also answer ``embedding`` (mean-pooled and normalised as in validation) and return only that by default:
+the raw ``last_hidden_state`` (batch x tokens x 384 floats) is there when a request names it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from slimops.errors import BadInput
+from slimops.handlers import describe, load
+from slimops.serving.oip import Limits, RequestError, TensorSpec, parse_request, spec_from_ort, tensor_output
+
+TEXT_INPUT = "text"
+EMBEDDING_OUTPUT = "embedding"
+
+
+class ServedModel:
+    def __init__(self, name: str, version: str, model_dir: Path, threads: int | None = None):
+        self.name, self.version, self.model_dir = name, str(version), Path(model_dir)
+        self.info = describe(self.model_dir)
+        if self.info.format not in ("onnx", "onnx-packed"):
+            raise BadInput(f"{model_dir} holds a {self.info.format} model; serve runs ONNX models "
+                           "(run the export step first)")
+        self.runnable = load(self.model_dir, self.info, threads)
+        self.session = self.runnable.session
+        try:
+            self.inputs = {s.name: s for s in map(spec_from_ort, self.session.get_inputs())}
+            graph_outputs = [spec_from_ort(o) for o in self.session.get_outputs()]
+        except ValueError as err:
+            raise BadInput(f"{model_dir}: {err}; serve takes models with numeric or string tensors") from None
+        self.graph_output_names = [o.name for o in graph_outputs]
+        self.outputs = {o.name: o for o in graph_outputs}
+        self.text = self.info.task != "tensor-classification"
+        self.alternatives: dict[str, TensorSpec] = {}
+        self.default_outputs = list(self.graph_output_names)
+        if self.text:
+            self.alternatives = {TEXT_INPUT: TensorSpec(TEXT_INPUT, "BYTES", (-1,))}
+            self._tokenizer_lock = threading.Lock()  # a fast tokenizer is not safe to call from two threads
+            self._token_limits = _token_limits(self.model_dir, self.info.max_length)
+            if self.info.task == "sentence-embedding":
+                width = graph_outputs[0].shape[-1] if graph_outputs and graph_outputs[0].shape else -1
+                self.outputs[EMBEDDING_OUTPUT] = TensorSpec(EMBEDDING_OUTPUT, "FP32", (-1, width))
+                self.default_outputs = [EMBEDDING_OUTPUT]
+
+    def metadata(self) -> dict:
+        return {"name": self.name, "versions": [self.version], "platform": "onnxruntime_onnx",
+                "inputs": [s.metadata() for s in self.inputs.values()],
+                "outputs": [s.metadata() for s in self.outputs.values()]}
+
+    def parse(self, body, limits: Limits):
+        """Validate a request for this model (RequestError on a client mistake)."""
+        arrays, requested, request_id = parse_request(body, self.inputs, limits, self.alternatives)
+        unknown = [name for name in requested or [] if name not in self.outputs]
+        if unknown:
+            raise RequestError(f"unknown output(s) {', '.join(unknown)}; this model gives {', '.join(self.outputs)}")
+        if self.text and TEXT_INPUT not in arrays:
+            self._check_tokens(arrays)
+        return arrays, requested, request_id
+
+    def infer(self, arrays: dict[str, np.ndarray], requested: list[str] | None) -> list[dict]:
+        """Run the model (in a worker thread). Client mistakes the graph finds are RequestError; anything else
+        is the model's failure and propagates (the server answers 500 and the canary counts it)."""
+        from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+        if self.text and TEXT_INPUT in arrays:
+            texts = [str(t) for t in arrays[TEXT_INPUT].reshape(-1)]
+            with self._tokenizer_lock:
+                encoded = self.runnable.tokenize(texts)
+            arrays = {name: encoded[name].astype(np.int64) for name in self.inputs if name in encoded}
+        names = requested or self.default_outputs
+        wanted = [n for n in self.graph_output_names
+                  if n in names or (EMBEDDING_OUTPUT in names and n == self.graph_output_names[0])]
+        try:
+            values = dict(zip(wanted, self.session.run(wanted, arrays)))
+        except InvalidArgument as err:
+            raise RequestError(f"the model refused the input: {str(err).splitlines()[0][:300]}") from None
+        if EMBEDDING_OUTPUT in names:
+            mask = arrays.get("attention_mask")
+            if mask is None:
+                mask = np.ones(values[self.graph_output_names[0]].shape[:2], dtype=np.int64)
+            values[EMBEDDING_OUTPUT] = self.runnable.finish(values[self.graph_output_names[0]].astype(np.float32), mask)
+        return [tensor_output(name, values[name]) for name in names]
+
+    def _check_tokens(self, arrays: dict[str, np.ndarray]) -> None:
+        """Token ids outside the embedding tables would make ONNX Runtime fail inside a Gather: a client
+        mistake, refused here so it is answered 400 (not 500) and never counted against the model."""
+        vocab, types, positions = self._token_limits
+        shapes = {arr.shape for arr in arrays.values()}
+        if len(shapes) > 1:
+            raise RequestError(f"token tensors must share one shape [batch, tokens], got {sorted(map(list, shapes))}")
+        tokens = next(iter(shapes))[-1]
+        if tokens > positions:
+            raise RequestError(f"{tokens} tokens is over the model's {positions} positions; truncate the input",
+                               status=413)
+        for name, upper in (("input_ids", vocab), ("token_type_ids", types), ("attention_mask", 2)):
+            arr = arrays.get(name)
+            if arr is not None and upper and arr.size and (arr.min() < 0 or arr.max() >= upper):
+                raise RequestError(f"{name} values must lie in [0, {upper}), got {int(arr.min())}..{int(arr.max())}")
+
+
+def _token_limits(model_dir: Path, max_length: int) -> tuple[int | None, int | None, int]:
+    config_path = model_dir / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    return (config.get("vocab_size"), config.get("type_vocab_size"),
+            int(config.get("max_position_embeddings") or max_length))
