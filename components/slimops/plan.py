@@ -116,7 +116,7 @@ def plan_recipe(recipe: Recipe | str | Path, require_gate: bool = True) -> Plan:
     if require_gate and gate_index is None:
         raise BadInput(f"{where}: a pipeline branches on a gate, and no step produces one; add a validate step "
                        "with a gate (see examples/minilm-sts.yaml)")
-    if gate_index is not None and not _gate_checks(recipe.steps[gate_index].config):
+    if require_gate and gate_index is not None and not _gate_checks(recipe.steps[gate_index].config):
         raise BadInput(f"{where}: steps[{gate_index}] validate has a gate that checks nothing; set at least one of "
                        "max_metric_drop, min_speedup, max_size_ratio, max_p95_latency_ms, min_fidelity")
     base = recipe.path.parent

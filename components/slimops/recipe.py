@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from slimops.data import DataSpec
 from slimops.errors import BadInput
 
-DATA_FIELDS = ("data", "calibration")  # config keys that may name a dataset from the recipe's `data:`
+DATA_FIELDS = ("data", "calibration", "eval_data")  # config keys that may name a dataset from the recipe's `data:`
 
 
 class ModelSource(BaseModel):
@@ -41,14 +41,45 @@ class ModelSource(BaseModel):
         return self
 
 
+class Toleration(BaseModel):
+    """A Kubernetes toleration (the pod may run on nodes with a matching taint)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str | None = None
+    operator: Literal["Equal", "Exists"] | None = None
+    value: str | None = None
+    effect: Literal["NoExecute", "NoSchedule", "PreferNoSchedule"] | None = None
+    toleration_seconds: int | None = None
+
+
+class Placement(BaseModel):
+    """Where an orchestrator runs a step: accelerator, node selector, tolerations. Local runs ignore it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    accelerator: str | None = Field(None, description="accelerator type, e.g. nvidia.com/gpu or NVIDIA_TESLA_T4")
+    accelerator_limit: int | None = Field(None, ge=1, description="how many accelerators (needs accelerator)")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="node labels the pod must match")
+    tolerations: list[Toleration] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _limit_needs_type(self):
+        if self.accelerator_limit is not None and not self.accelerator:
+            raise ValueError("accelerator_limit needs accelerator (e.g. accelerator: nvidia.com/gpu)")
+        return self
+
+
 class StepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     step: str
     id: str | None = Field(None, pattern=r"^[a-z][a-z0-9_-]*$")
     input: str | None = Field(None, description="id of the step whose output this step takes (default: the previous)")
-    baseline: str | None = Field(None, description="validate: id of the model to compare against (default: source)")
+    baseline: str | None = Field(None, description="validate: id of the model to compare against (default: source); "
+                                                "distill with student.from_input: the teacher")
     config: dict = Field(default_factory=dict)
+    placement: Placement | None = Field(None, description="this step's placement; replaces the recipe's")
 
 
 class Recipe(BaseModel):
@@ -60,6 +91,7 @@ class Recipe(BaseModel):
     threads: int | None = Field(None, ge=1, description="CPU threads for every model (default: all cores)")
     data: dict[str, DataSpec] = Field(default_factory=dict)
     steps: list[StepSpec] = Field(min_length=1)
+    placement: Placement | None = Field(None, description="default placement of every step on an orchestrator")
 
     # Filled by load_recipe: where the file lives, and each step's resolved config.
     path: Path | None = Field(None, exclude=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 from slimops.core import GATE_REPORT, cache_key, parse_config, run_step
 from slimops.errors import BadInput, GateFailed
 from slimops.manifest import atomic_dir, read_manifest, write_json_atomic
+from slimops.plan import StepCall, plan_recipe
 from slimops.progress import console
 from slimops.recipe import Recipe, load_recipe
 
@@ -101,6 +102,13 @@ def init_factory_model(source, out: Path) -> Path:
     return out
 
 
+def step_calls(recipe: Recipe) -> list[tuple[StepCall, dict]]:
+    """The calls this runner makes, in order, each with its config as given to the step (data paths under the
+    recipe's directory): the plan's calls, the same every orchestrator adapter issues (tests/test_equivalence.py)."""
+    plan = plan_recipe(recipe, require_gate=False)
+    return [(call, call.resolved_config(plan.recipe_dir)) for call in plan.calls]
+
+
 def run_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, use_cache: bool = True) -> RunResult:
     recipe = load_recipe(recipe_path)
     run_dir = Path(run_dir or Path("runs") / recipe.name).absolute()
@@ -108,10 +116,11 @@ def run_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, use_c
     started = time.perf_counter()
     outputs = {"source": resolve_source(recipe, run_dir)}
     records, exit_code, gate = [], 0, None
-    for spec in recipe.steps:
+    for spec, resolved in step_calls(recipe):
         out = run_dir / "steps" / spec.id
-        inputs = {"baseline": outputs[spec.baseline]} if spec.step == "validate" else {}
-        config = parse_config(spec.step, spec.config)
+        # validate compares against its baseline; distill (student.from_input) learns from it as the teacher
+        inputs = {"baseline": outputs[spec.baseline]} if spec.baseline else {}
+        config = parse_config(spec.step, resolved)
         record = {"id": spec.id, "step": spec.step, "input": spec.input, "out": str(out)}
         t0 = time.perf_counter()
         key = cache_key(spec.step, config, {"model": outputs[spec.input], **inputs})
@@ -124,9 +133,13 @@ def run_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, use_c
             try:
                 manifest = run_step(spec.step, outputs[spec.input], out, config, inputs, threads=recipe.threads)
                 record["status"] = "ran"
-            except GateFailed:
+            except GateFailed as refusal:
                 manifest = read_manifest(out)
-                record["status"] = "ran"
+                if manifest is None:  # refused before writing (promote/deploy without a matching passing gate)
+                    manifest = {"gate": {"passed": False, "reasons": [str(refusal)]}, "metrics": {}}
+                    record["status"] = "refused"
+                else:
+                    record["status"] = "ran"
         record["seconds"] = round(time.perf_counter() - t0, 2)
         record["metrics"] = manifest.get("metrics", {})
         records.append(record)

@@ -1,0 +1,55 @@
+"""The slimops Airflow 3 provider: a hook over the core, one operator per step, a recipe -> DAG / TaskGroup factory.
+
+Installed with ``pip install slimops[airflow]``; Airflow finds it through the ``apache_airflow_provider`` entry
+point of the slimops distribution (``get_provider_info`` below). Like Airflow's Amazon provider, the operators
+stay thin over the hook, and the hook is the only code that calls the slimops core.
+
+    from slimops.adapters.airflow import SlimopsHook, SlimopsStepOperator, slimops_task_group, build_dag
+    from slimops.adapters.airflow import SlimopsQuantizeOperator   # one per step: Slimops<Step>Operator
+
+This module itself imports no Airflow: ``get_provider_info`` runs in every ``airflow providers`` command and
+must stay cheap. The names above load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "SlimopsHook": "slimops.adapters.airflow.hooks",
+    "SlimopsStepOperator": "slimops.adapters.airflow.operators",
+    "SlimopsSourceOperator": "slimops.adapters.airflow.operators",
+    "SlimopsIncomingModelOperator": "slimops.adapters.airflow.operators",
+    "step_operator": "slimops.adapters.airflow.operators",
+    "slimops_task_group": "slimops.adapters.airflow.factory",
+    "build_dag": "slimops.adapters.airflow.factory",
+}
+
+__all__ = ["get_provider_info", *_LAZY]
+
+
+def get_provider_info() -> dict:
+    """What ``airflow providers list`` shows. package-name must equal the distribution name, or Airflow refuses
+    every provider command (it compares it with the installed distribution's metadata)."""
+    from slimops import __version__
+
+    return {
+        "package-name": "slimops",
+        "name": "slimops",
+        "description": "Model compression as pipeline steps (export, quantize, prune, compile, validate) with a gate "
+                       "that blocks promotion; one operator per step and a recipe -> DAG / TaskGroup factory.",
+        "versions": [__version__],
+        "integrations": [{"integration-name": "slimops", "tags": ["software"]}],
+        "hooks": [{"integration-name": "slimops", "python-modules": ["slimops.adapters.airflow.hooks"]}],
+        "operators": [{"integration-name": "slimops", "python-modules": ["slimops.adapters.airflow.operators"]}],
+    }
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name.startswith("Slimops") and name.endswith("Operator"):  # the per-step classes, e.g. SlimopsQuantizeOperator
+        operators = importlib.import_module("slimops.adapters.airflow.operators")
+        if hasattr(operators, name):
+            return getattr(operators, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

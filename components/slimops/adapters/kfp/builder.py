@@ -1,0 +1,100 @@
+"""A recipe as a KFP pipeline: source -> the compression chain -> ``dsl.If(gate passed)`` promotion,
+``dsl.Else`` a task that explains the rejection. Recipe errors (unknown step, no gate, a gate that checks
+nothing, no image) raise BadInput here, when the pipeline is built, not later on a cluster.
+"""
+
+# No `from __future__ import annotations`: KFP reads the pipeline function's annotations as types.
+import json
+from pathlib import Path
+
+from kfp import dsl
+from kfp.dsl import Input, Model
+
+from slimops.adapters.kfp import components
+from slimops.adapters.kfp.placement import apply_placement, placements
+from slimops.errors import BadInput
+from slimops.plan import Plan, StepCall, image_reference, plan_recipe
+from slimops.recipe import load_recipe
+
+KINDS = ("python", "container")
+
+
+class _Tasks:
+    """Makes one kind's tasks (Python or container components) for a plan."""
+
+    def __init__(self, kind: str, image: str, plan: Plan, recipe_dir: str):
+        self.kind, self.image, self.plan, self.recipe_dir = kind, image, plan, recipe_dir
+
+    def source(self):
+        if self.kind == "container":
+            return components.container_source(self.plan, self.image)()
+        return components.python_helper("source", self.image)(
+            spec=json.dumps(self.plan.model, sort_keys=True), recipe_dir=self.recipe_dir)
+
+    def step(self, call: StepCall, models: dict, gate: bool):
+        inputs = {"model": models[call.input]}
+        if self.kind == "container":
+            if call.baseline is not None:
+                inputs["baseline"] = models[call.baseline]
+            make = components.container_component(call, self.image, self.recipe_dir, self.plan.threads, gate=gate)
+            return make(**inputs).set_display_name(call.id)
+        make = components.python_component(call.step, self.image)
+        # Only validate and distill read a baseline; the core ignores one given to any other step, and so do we.
+        if call.baseline is not None and "baseline" in make.component_spec.inputs:
+            inputs["baseline"] = models[call.baseline]
+        if call.gated:
+            inputs["on_gate_fail"] = "continue" if gate else "exit"
+        task = make(**inputs, config=json.dumps(call.config, sort_keys=True), recipe_dir=self.recipe_dir,
+                    threads=self.plan.threads or 0)
+        return task.set_display_name(call.id)
+
+    def rejection(self, validated):
+        make = components.container_rejection(self.image) if self.kind == "container" else \
+            components.python_helper("gate_rejected", self.image)
+        return make(validated=validated).set_display_name("gate-rejected")
+
+
+def build_pipeline(recipe_path: str | Path, image: str | None = None, kind: str = "python", *,
+                   recipe_dir: str = ".", model_uri: str | None = None, model_input: bool = False):
+    """The recipe as a KFP pipeline (compile it with ``kfp.compiler.Compiler``, or run it with ``kfp.local``).
+
+    kind: ``python`` (Python components calling the core) or ``container`` (the ``slimops step`` command).
+    recipe_dir: where the recipe's relative data paths are found inside the tasks.
+    model_uri: start from an existing model artifact (``dsl.importer``) instead of the recipe's model section.
+    model_input: the pipeline takes ``model: Input[Model]``, so it nests in an existing pipeline as a component:
+    ``compress(model=train_task.outputs["model"])``.
+    """
+    if kind not in KINDS:
+        raise BadInput(f"kind {kind!r} is not one of {', '.join(KINDS)}")
+    if model_uri and model_input:
+        raise BadInput("give model_uri or model_input, not both: the pipeline starts from one model")
+    recipe = load_recipe(recipe_path)
+    plan = plan_recipe(recipe)
+    tasks = _Tasks(kind, image_reference(image), plan, recipe_dir)
+    where = placements(recipe)
+
+    def wire(model):
+        if model is None:
+            model = (dsl.importer(artifact_uri=model_uri, artifact_class=Model, reimport=False).output if model_uri
+                     else tasks.source().set_display_name("source").outputs["output_model"])
+        models = {"source": model}
+        for call in plan.chain:
+            task = apply_placement(tasks.step(call, models, gate=call is plan.gate), where[call.id])
+            models[call.id] = task.outputs["output_model"]
+            if call is plan.gate:
+                gate = task
+        with dsl.If(gate.outputs["passed"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
+            for call in plan.promotion:
+                task = apply_placement(tasks.step(call, models, gate=False), where[call.id])
+                models[call.id] = task.outputs["output_model"]
+        with dsl.Else(name="gate-failed"):
+            tasks.rejection(gate.outputs["output_model"])
+
+    if model_input:
+        def pipeline(model: Input[Model]):
+            wire(model)
+    else:
+        def pipeline():
+            wire(None)
+    pipeline.__doc__ = recipe.description or f"slimops recipe {plan.name}"
+    return dsl.pipeline(pipeline, name=plan.name)

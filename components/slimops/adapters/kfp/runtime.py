@@ -1,0 +1,61 @@
+"""What a slimops Python component runs inside its KFP task. No ``kfp`` import, no compression logic.
+
+The component bodies (``python_steps.py``) hand KFP's artifact objects to these functions, which call the same
+core as every other runner (``slimops.plan.run_call``, ``slimops.runner.materialize_source``) and copy the
+step's numeric metrics onto the ``Metrics`` artifact so the KFP UI shows them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from slimops.errors import BadInput, GateFailed
+
+
+def _options(text: str, what: str) -> dict:
+    # Options travel as a JSON string, not a dict parameter: KFP passes dicts through protobuf Struct, which
+    # turns every int into a float (epochs 10 -> 10.0, factory kwargs channels 32 -> 32.0).
+    try:
+        value = json.loads(text or "{}")
+    except json.JSONDecodeError as err:
+        raise BadInput(f"{what} is not valid JSON ({err.msg}); pass json.dumps(...) of a mapping") from None
+    if not isinstance(value, dict):
+        raise BadInput(f"{what} must be a JSON object of option: value, got {type(value).__name__}")
+    return value
+
+
+def log_metrics(metrics, manifest: dict) -> None:
+    """Numeric scalars of the step's manifest metrics (lists, strings and booleans stay in the manifest)."""
+    for name, value in sorted((manifest.get("metrics") or {}).items()):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            metrics.log_metric(name, value)
+
+
+def run_step_task(step: str, model, output_model, metrics, config: str, recipe_dir: str, threads: int,
+                  baseline=None, passed_path: str | None = None, on_gate_fail: str = "exit") -> None:
+    """One recipe step on KFP artifacts. A failed gate writes ``passed`` = false, then fails the task unless
+    ``on_gate_fail`` is ``continue`` (the pipeline's gate, which branches on ``passed`` instead)."""
+    from slimops.plan import StepCall, run_call
+
+    call = StepCall(id=step, step=step, input="model", baseline=None if baseline is None else "baseline",
+                    config=_options(config, f"{step} config"), after_gate=False)
+    result = run_call(call, model.path, output_model.path, None if baseline is None else baseline.path,
+                      recipe_dir=recipe_dir or ".", threads=threads or None)
+    log_metrics(metrics, result["manifest"])
+    output_model.metadata["slimops_step"] = step
+    if result["gate_passed"] is not None:
+        output_model.metadata["gate_passed"] = result["gate_passed"]
+    if passed_path is not None:
+        Path(passed_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(passed_path).write_text("true" if result["gate_passed"] else "false")
+    if result["gate_passed"] is False and on_gate_fail != "continue":
+        raise GateFailed(f"gate failed ({step}): " + "; ".join(result["reasons"]))
+
+
+def materialize(spec: str, output_model, recipe_dir: str) -> None:
+    """The recipe's model section (a package, a path, or a seeded factory) as a model directory."""
+    from slimops.runner import materialize_source
+
+    materialize_source(_options(spec, "model spec"), Path(output_model.path), base=Path(recipe_dir or "."))
+    output_model.metadata["slimops_step"] = "source"

@@ -1,0 +1,326 @@
+"""Kubeflow Pipelines adapter: components per step (Python and container), the recipe -> pipeline builder with
+the gate as dsl.If/dsl.Else, GPU placement, the compiled example specs (golden), and real local runs with
+kfp.local's SubprocessRunner on the digits example: a passing gate promotes, a failing gate does not.
+
+Regenerate the golden specs after an intended change: SLIMOPS_UPDATE_GOLDEN=1 pytest tests/test_kfp.py
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+pytest.importorskip("kfp", reason="the kfp extra (pip install slimops[kfp]) is not installed")
+from kfp import compiler, dsl  # noqa: E402
+
+import slimops.plan  # noqa: E402
+from slimops.adapters.kfp import build_pipeline, components  # noqa: E402
+from slimops.adapters.kfp.python_steps import STEP_FUNCTIONS  # noqa: E402
+from slimops.errors import BadInput  # noqa: E402
+from slimops.plan import plan_recipe  # noqa: E402
+
+sys.path.insert(0, str(REPO / "pipelines" / "kfp"))
+import digits_pipeline  # noqa: E402
+
+GOLDEN_IMAGE = "registry.example.com/slimops:0.1.0"
+EXAMPLE = REPO / "examples" / "digits-pipeline.yaml"
+DIGITS = {"factory": "slimops.zoo.digits:DigitsCNN", "kwargs": {"channels": 8, "hidden": 32},
+          "input_shape": [1, 8, 8], "num_labels": 10}
+TEST_DATA = {"format": "digits", "split": "test"}
+
+
+def write(path: Path, recipe: dict) -> Path:
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def compiled(pipeline, path: Path) -> tuple[dict, dict]:
+    """(pipeline spec, platform spec) of a compiled pipeline."""
+    compiler.Compiler().compile(pipeline, str(path))
+    docs = list(yaml.safe_load_all(path.read_text()))
+    return docs[0], (docs[1] if len(docs) > 1 else {})
+
+
+def fast_validate(config: dict) -> dict:
+    # Fewer timing rounds than the example: enough for a stable verdict on digits, in seconds.
+    return {**config, "rounds": 3, "latency_runs": 10, "throughput_samples": 450, "measure_memory": False}
+
+
+# ----------------------------------------------------------------------------- components
+
+
+def test_every_registered_step_has_a_python_component():
+    from slimops.steps import step_names
+
+    assert sorted(STEP_FUNCTIONS) == sorted(step_names())
+
+
+def test_python_components_have_typed_artifacts_and_no_kfp_install():
+    quantize = components.python_component("quantize", image=GOLDEN_IMAGE)
+    spec = quantize.component_spec
+    assert spec.inputs["model"].type == "system.Model@0.0.1"
+    assert spec.outputs["output_model"].type == "system.Model@0.0.1"
+    assert spec.outputs["metrics"].type == "system.Metrics@0.0.1"
+    container = spec.implementation.container
+    assert container.image == GOLDEN_IMAGE
+    assert "pip install" not in " ".join(container.command)  # install_kfp_package=False: the image has kfp
+    validate = components.python_component("validate", image=GOLDEN_IMAGE).component_spec
+    assert validate.inputs["baseline"].type == "system.Model@0.0.1"
+    assert validate.outputs["passed"].type == "Boolean"
+    with pytest.raises(BadInput, match="unknown step 'quantise'"):
+        components.python_component("quantise", image=GOLDEN_IMAGE)
+
+
+def test_container_component_command_is_the_step_contract(tmp_path):
+    plan = plan_recipe(EXAMPLE)
+    spec, _ = compiled(build_pipeline(EXAMPLE, image=GOLDEN_IMAGE, kind="container", recipe_dir="/opt/ex"),
+                       tmp_path / "p.yaml")
+    component = spec["components"]["comp-validate"]
+    assert set(component["inputDefinitions"]["artifacts"]) == {"model", "baseline"}
+    # The same interface as the Python kind: a metrics output too (the CLI's --metrics-output).
+    python_validate = components.python_component("validate", image=GOLDEN_IMAGE).component_spec
+    assert set(component["outputDefinitions"]["artifacts"]) == {"output_model", "metrics"} == \
+        {name for name, out in python_validate.outputs.items() if out.type.startswith("system.")}
+    assert component["outputDefinitions"]["artifacts"]["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
+    assert set(component["outputDefinitions"]["parameters"]) == {"passed"}
+    metrics = "{{$.outputs.artifacts['metrics'].path}}"
+    expected = plan.gate.argv("{{$.inputs.artifacts['model'].path}}", "{{$.outputs.artifacts['output_model'].path}}",
+                              "{{$.inputs.artifacts['baseline'].path}}", "/opt/ex", 2,
+                              gate_output="{{$.outputs.parameters['passed'].output_file}}", metrics_output=metrics)
+    assert spec["deploymentSpec"]["executors"]["exec-validate"]["container"]["command"] == expected
+    assert expected[-6:-3] == ["--on-gate-fail", "continue", "--gate-output"]
+    quantize = next(c for c in plan.chain if c.step == "quantize")
+    assert spec["deploymentSpec"]["executors"]["exec-quantize"]["container"]["command"] == quantize.argv(
+        "{{$.inputs.artifacts['model'].path}}", "{{$.outputs.artifacts['output_model'].path}}", None, "/opt/ex", 2,
+        metrics_output=metrics)
+    source = spec["deploymentSpec"]["executors"]["exec-source"]["container"]["command"]
+    assert source == plan.source_argv("{{$.outputs.artifacts['output_model'].path}}")
+
+
+def test_image_comes_from_one_setting_and_a_missing_image_fails_at_build(monkeypatch, tmp_path):
+    monkeypatch.setenv("SLIMOPS_IMAGE", "registry.example.com/slimops@sha256:" + "a" * 64)
+    spec, _ = compiled(digits_pipeline.pipeline(kind="container"), tmp_path / "p.yaml")
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {"registry.example.com/slimops@sha256:" + "a" * 64}
+    monkeypatch.delenv("SLIMOPS_IMAGE")
+    monkeypatch.setattr(slimops.plan, "IMAGE_LOCK", tmp_path / "no-image.json")
+    for kind in ("python", "container"):
+        with pytest.raises(BadInput, match="no component image"):
+            build_pipeline(EXAMPLE, kind=kind)
+
+
+# ----------------------------------------------------------------------------- builder
+
+
+def test_recipe_errors_fail_when_the_pipeline_is_built(tmp_path):
+    data = {"test": TEST_DATA}
+    unknown = write(tmp_path / "unknown.yaml", {"name": "u", "model": DIGITS, "data": data,
+                                                "steps": [{"step": "quantise"}]})
+    with pytest.raises(BadInput, match=r"unknown.yaml:\d+ steps\[0\]\.step: unknown step 'quantise'"):
+        build_pipeline(unknown, image=GOLDEN_IMAGE)
+    no_gate = write(tmp_path / "no-gate.yaml", {"name": "n", "model": DIGITS, "steps": [{"step": "export"}]})
+    with pytest.raises(BadInput, match="no step produces one"):
+        build_pipeline(no_gate, image=GOLDEN_IMAGE, kind="container")
+    nothing = {"max_metric_drop": None, "min_speedup": None}  # the two checks on by default, switched off
+    empty_gate = write(tmp_path / "empty.yaml", {"name": "e", "model": DIGITS, "data": data, "steps": [
+        {"step": "export"}, {"step": "validate", "config": {"data": "test", "gate": nothing}}]})
+    with pytest.raises(BadInput, match="checks nothing"):
+        build_pipeline(empty_gate, image=GOLDEN_IMAGE)
+    with pytest.raises(BadInput, match="kind 'docker'"):
+        build_pipeline(EXAMPLE, image=GOLDEN_IMAGE, kind="docker")
+
+
+def test_gate_branches_promotion_and_rejection(tmp_path):
+    spec, _ = compiled(build_pipeline(EXAMPLE, image=GOLDEN_IMAGE), tmp_path / "p.yaml")
+    root = spec["root"]["dag"]["tasks"]
+    assert {"source", "train", "export", "quantize", "validate"} <= set(root)
+    # dsl.If / dsl.Else compile to one branches component holding two conditions on validate's `passed`.
+    (branches_task,) = [task for name, task in root.items() if name.startswith("condition-branches")]
+    branches = spec["components"][branches_task["componentRef"]["name"]]["dag"]["tasks"]
+    by_name = {task["taskInfo"]["name"]: task for task in branches.values()}
+    inner = {name: set(spec["components"][task["componentRef"]["name"]]["dag"]["tasks"])
+             for name, task in by_name.items()}
+    assert inner == {"gate-passed": {"register", "promote"}, "gate-failed": {"gate-rejected"}}
+    condition = "inputs.parameter_values['pipelinechannel--validate-passed'] == true"
+    assert by_name["gate-passed"]["triggerPolicy"]["condition"] == condition
+    assert by_name["gate-failed"]["triggerPolicy"]["condition"] == f"!({condition})"
+    # The gate branches on `passed` instead of failing the task.
+    assert root["validate"]["inputs"]["parameters"]["on_gate_fail"]["runtimeValue"]["constant"] == "continue"
+
+
+def test_placement_from_the_recipe(tmp_path):
+    recipe = yaml.safe_load(EXAMPLE.read_text())
+    recipe["placement"] = {"node_selector": {"pool": "cpu-large"},
+                           "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml",
+                                            "effect": "NoSchedule"}]}
+    recipe["steps"][0]["placement"] = {"accelerator": "nvidia.com/gpu", "accelerator_limit": 1,
+                                       "node_selector": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
+                                       "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                                        "effect": "NoSchedule"}]}
+    path = write(tmp_path / "placed.yaml", recipe)
+    spec, platform = compiled(build_pipeline(path, image=GOLDEN_IMAGE, kind="container"), tmp_path / "p.yaml")
+    executors = spec["deploymentSpec"]["executors"]
+    accelerator = executors["exec-train"]["container"]["resources"]["accelerator"]
+    assert (accelerator["resourceType"], accelerator["resourceCount"]) == ("nvidia.com/gpu", "1")
+    assert "resources" not in executors["exec-export"]["container"]
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert k8s["exec-train"]["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert k8s["exec-train"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                                 "effect": "NoSchedule"}]
+    assert k8s["exec-export"]["nodeSelector"]["labels"] == {"pool": "cpu-large"}
+    assert k8s["exec-quantize"]["tolerations"][0]["key"] == "dedicated"
+    # A limit without a type is a recipe error, with its line.
+    recipe["steps"][0]["placement"] = {"accelerator_limit": 2}
+    bad = write(tmp_path / "bad.yaml", recipe)
+    with pytest.raises(BadInput, match=r"bad.yaml:\d+ steps\[0\]\.placement: .*accelerator_limit needs accelerator"):
+        build_pipeline(bad, image=GOLDEN_IMAGE)
+
+
+def test_pipeline_nests_in_an_existing_pipeline_as_a_component(tmp_path):
+    """What a user with a training pipeline does: feed its model to the slimops pipeline."""
+    compress = build_pipeline(EXAMPLE, image=GOLDEN_IMAGE, model_input=True)
+
+    @dsl.component(base_image=GOLDEN_IMAGE, install_kfp_package=False)
+    def my_training(model: dsl.Output[dsl.Model]):
+        Path(model.path).mkdir(parents=True)
+
+    @dsl.pipeline(name="train-and-compress")
+    def train_and_compress():
+        trained = my_training()
+        compress(model=trained.outputs["model"])
+
+    spec, _ = compiled(train_and_compress, tmp_path / "p.yaml")
+    assert set(spec["root"]["dag"]["tasks"]) == {"my-training", "digits-pipeline"}
+    nested = spec["components"]["comp-digits-pipeline"]
+    assert "source" not in nested["dag"]["tasks"] and "model" in nested["inputDefinitions"]["artifacts"]
+
+
+def test_readme_snippet_adds_steps_to_an_existing_pipeline(tmp_path, monkeypatch):
+    """The README's snippet (pipelines/kfp/README.md), compiled: components on the image from $SLIMOPS_IMAGE."""
+    monkeypatch.setenv("SLIMOPS_IMAGE", GOLDEN_IMAGE)
+
+    @dsl.component(base_image=GOLDEN_IMAGE, install_kfp_package=False)
+    def my_training(model: dsl.Output[dsl.Model]):
+        Path(model.path).mkdir(parents=True)
+
+    @dsl.pipeline(name="train-and-compress")
+    def train_and_compress():
+        trained = my_training()
+        onnx = components.export(model=trained.outputs["model"])
+        int8 = components.quantize(model=onnx.outputs["output_model"], config=json.dumps({"mode": "dynamic"}))
+        gate = components.validate(model=int8.outputs["output_model"], baseline=trained.outputs["model"],
+                                   config=json.dumps({"data": {"format": "digits", "split": "test"},
+                                                      "gate": {"max_metric_drop": 1.0, "min_speedup": 1.5}}),
+                                   on_gate_fail="continue")
+        with dsl.If(gate.outputs["passed"] == True):  # noqa: E712
+            registered = components.register(model=gate.outputs["output_model"],
+                                             config=json.dumps({"name": "my-model",
+                                                                "tracking_uri": "http://mlflow:5000"}))
+            components.promote(model=registered.outputs["output_model"])
+
+    spec, _ = compiled(train_and_compress, tmp_path / "p.yaml")
+    assert {"my-training", "export", "quantize", "validate"} <= set(spec["root"]["dag"]["tasks"])
+    quantize = spec["root"]["dag"]["tasks"]["quantize"]["inputs"]["parameters"]["config"]
+    assert json.loads(quantize["runtimeValue"]["constant"]) == {"mode": "dynamic"}
+    images = {e["container"]["image"] for name, e in spec["deploymentSpec"]["executors"].items()}
+    assert images == {GOLDEN_IMAGE}
+
+
+@pytest.mark.parametrize("kind", ["python", "container"])
+def test_compiled_example_matches_golden(kind, tmp_path):
+    golden = digits_pipeline.spec_path(kind)
+    out = digits_pipeline.compile_spec(tmp_path / golden.name, image=GOLDEN_IMAGE, kind=kind)
+    if os.environ.get("SLIMOPS_UPDATE_GOLDEN") == "1":
+        golden.write_text(out.read_text())
+    assert golden.is_file(), f"{golden} missing; run SLIMOPS_UPDATE_GOLDEN=1 pytest tests/test_kfp.py"
+    assert out.read_text() == golden.read_text(), \
+        f"{golden.name} differs from a fresh compile; if intended, SLIMOPS_UPDATE_GOLDEN=1 pytest tests/test_kfp.py"
+    assert str(REPO) not in out.read_text()  # no path of this machine in a shipped spec
+
+
+# ----------------------------------------------------------------------------- local runs
+
+
+@pytest.fixture
+def local_runner(tmp_path):
+    from kfp import local
+
+    root = tmp_path / "pipeline-root"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    return root
+
+
+def task_dir(root: Path, task: str) -> Path | None:
+    found = sorted(root.glob(f"*/{task}"))
+    return found[-1] if found else None
+
+
+def registry_champion(registry_dir: Path, name: str):
+    from slimops.registry import Registry
+
+    return Registry.open(registry_dir, None, create=False).alias(name, "champion")
+
+
+@pytest.mark.slow
+def test_local_run_of_the_example_promotes_when_the_gate_passes(local_runner, tmp_path):
+    recipe = yaml.safe_load(EXAMPLE.read_text())
+    by_step = {s["step"]: s for s in recipe["steps"]}
+    by_step["train"]["config"]["epochs"] = 2  # a test copy: fewer epochs, same chain and gate
+    by_step["validate"]["config"] = fast_validate(by_step["validate"]["config"])
+    by_step["register"]["config"] = {**by_step["register"].get("config", {}), "name": "digits-cnn",
+                                     "registry_dir": str(tmp_path / "registry")}
+    path = write(tmp_path / "digits-pipeline.yaml", recipe)
+
+    build_pipeline(path, image=GOLDEN_IMAGE, recipe_dir=str(tmp_path))()
+
+    validated = task_dir(local_runner, "validate") / "output_model"
+    report = json.loads((validated / "gate_report.json").read_text())
+    assert report["passed"] is True, report["reasons"]
+    assert (task_dir(local_runner, "validate") / "passed").read_text() == "true"
+    promoted = json.loads((task_dir(local_runner, "promote") / "output_model" / "manifest.json").read_text())
+    assert promoted["details"]["action"] == "promoted" and promoted["details"]["champion"] == "1"
+    assert registry_champion(tmp_path / "registry", "digits-cnn") == "1"
+    assert task_dir(local_runner, "gate-rejected") is None
+    # The validate task's numbers reach KFP's Metrics artifact (the UI's scalar metrics).
+    executor = json.loads((task_dir(local_runner, "validate") / "executor_output.json").read_text())
+    metrics = executor["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    assert metrics["speedup"] == pytest.approx(report["metrics"]["speedup"])
+
+
+@pytest.mark.slow
+def test_local_run_with_a_failing_gate_does_not_promote(local_runner, tmp_path, digits_trained):
+    """Starts from an existing model artifact (dsl.importer), as a user plugging in their own training. The gate
+    fails on size (an fp32 export is never 1% of the model), not on timing, which a busy machine can skew."""
+    recipe = {"name": "digits-reject", "model": {"path": str(digits_trained)}, "threads": 2,
+              "data": {"test": TEST_DATA}, "steps": [
+                  {"step": "export"},
+                  {"step": "validate", "baseline": "source",
+                   "config": fast_validate({"data": "test", "gate": {"max_size_ratio": 0.01}})},
+                  {"step": "register", "config": {"name": "digits-reject", "registry_dir": str(tmp_path / "registry")}},
+                  {"step": "promote"}]}
+    path = write(tmp_path / "reject.yaml", recipe)
+
+    build_pipeline(path, image=GOLDEN_IMAGE, model_uri=str(digits_trained))()
+
+    assert (task_dir(local_runner, "validate") / "passed").read_text() == "false"
+    explanation = (task_dir(local_runner, "gate-rejected") / "report").read_text()
+    assert explanation.startswith("# Gate failed: model not promoted")
+    assert "| size_ratio |" in explanation and "<= 0.01 | no |" in explanation
+    assert task_dir(local_runner, "register") is None and task_dir(local_runner, "promote") is None
+    assert not (tmp_path / "registry").exists()
+
+    # The container kind's rejection task runs the same code as a module, in an image that may lack kfp.
+    no_kfp = tmp_path / "no-kfp" / "kfp"
+    no_kfp.mkdir(parents=True)
+    (no_kfp / "__init__.py").write_text("raise ImportError('kfp must not be imported inside the task')\n")
+    done = subprocess.run([sys.executable, "-m", "slimops.adapters.kfp.rejection", "--validated",
+                           task_dir(local_runner, "validate") / "output_model", "--report", tmp_path / "why.md"],
+                          env={**os.environ, "PYTHONPATH": str(no_kfp.parent)}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "why.md").read_text() == explanation

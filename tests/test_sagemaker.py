@@ -1,0 +1,326 @@
+"""SageMaker Pipelines adapter: the definition built offline (golden), build-time recipe errors, nesting into an
+existing pipeline, and the processing contract proven by running the definition's own container commands
+locally under SageMaker's paths (a temporary /opt/ml/processing) on a real model."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, cli_env
+
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")  # `import sagemaker.mlops` needs a region
+pytest.importorskip("sagemaker.mlops", reason="sagemaker>=3 (extra slimops[sagemaker]) is not installed")
+
+sys.path.insert(0, str(REPO / "pipelines" / "sagemaker"))
+import digits_pipeline  # noqa: E402  (pipelines/sagemaker/digits_pipeline.py)
+
+from slimops.adapters.sagemaker import PROCESSING_ROOT_ENV, build_pipeline, build_steps, pipeline_session  # noqa: E402
+from slimops.errors import BadInput  # noqa: E402
+from slimops.plan import plan_recipe  # noqa: E402
+
+EXAMPLE = REPO / "examples" / "digits-pipeline.yaml"
+SETTINGS = dict(role=digits_pipeline.ROLE, bucket=digits_pipeline.BUCKET, region=digits_pipeline.REGION,
+                image=digits_pipeline.IMAGE)
+
+
+def offline(monkeypatch):
+    """Any AWS or HTTP call fails at once: building a definition must not need the network or credentials."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    # With no credentials configured, botocore would ask the EC2 metadata service for some (a network call).
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    offline(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def example_text():
+    """The example's definition as checked in (built once: each ProcessingStep costs the SDK seconds)."""
+    with pytest.MonkeyPatch.context() as patch:
+        offline(patch)
+        return digits_pipeline.definition(digits_pipeline.build())
+
+
+def definition(pipeline) -> dict:
+    return json.loads(pipeline.definition())
+
+
+def steps_by_name(steps: list[dict]) -> dict:
+    found = {}
+    for step in steps:
+        found[step["Name"]] = step
+        if step["Type"] == "Condition":
+            found.update(steps_by_name(step["Arguments"]["IfSteps"] + step["Arguments"]["ElseSteps"]))
+    return found
+
+
+def write_recipe(path: Path, **changes) -> Path:
+    recipe = yaml.safe_load(EXAMPLE.read_text())
+    for step in recipe["steps"]:
+        if step["step"] == "validate" and "gate" in changes:
+            step["config"]["gate"] = changes["gate"]
+        if step["step"] == "validate" and "timing" in changes:
+            step["config"].update(changes["timing"])
+    if "steps" in changes:
+        recipe["steps"] = changes["steps"]
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+# ----------------------------------------------------------------------------- the definition
+
+
+def test_example_definition_matches_golden_file(example_text):
+    golden = REPO / "pipelines" / "sagemaker" / "digits-pipeline.definition.json"
+    text = example_text
+    if os.environ.get("SLIMOPS_UPDATE_GOLDEN") == "1":
+        golden.write_text(text)
+    assert golden.is_file(), "run with SLIMOPS_UPDATE_GOLDEN=1 to create the golden definition"
+    assert text == golden.read_text(), ("the SageMaker definition changed; if intended, regenerate it with "
+                                        "SLIMOPS_UPDATE_GOLDEN=1 pytest tests/test_sagemaker.py")
+
+
+def test_processing_steps_run_the_plan_commands_and_branch_on_the_gate_report(example_text):
+    plan = plan_recipe(EXAMPLE)
+    spec = json.loads(example_text)
+    steps = steps_by_name(spec["Steps"])
+    root = "/opt/ml/processing"
+    # Every chain step's entrypoint is the plan's command with SageMaker's container paths; nothing uploaded.
+    for call in plan.chain:
+        app = steps[f"slimops-{call.id}"]["Arguments"]["AppSpecification"]
+        expected = call.argv(f"{root}/input/model", f"{root}/output/model/model",
+                             baseline=f"{root}/input/baseline" if call.baseline else None,
+                             threads=plan.threads,
+                             gate_output=f"{root}/output/model/gate_passed" if call.gated else None)
+        assert app == {"ImageUri": digits_pipeline.IMAGE, "ContainerEntrypoint": expected}
+        assert "ContainerArguments" not in app and "code" not in json.dumps(steps[f"slimops-{call.id}"]).lower()
+    validate = steps["slimops-validate"]
+    assert validate["PropertyFiles"] == [{"PropertyFileName": "GateReport", "OutputName": "model",
+                                          "FilePath": "model/gate_report.json"}]
+    entry = validate["Arguments"]["AppSpecification"]["ContainerEntrypoint"]
+    assert entry[-4:-2] == ["--on-gate-fail", "continue"]  # the job succeeds, the pipeline branches
+    inputs = {i["InputName"]: i["S3Input"] for i in validate["Arguments"]["ProcessingInputs"]}
+    assert inputs["baseline"]["S3Uri"]["Std:Join"]["Values"][0] == {
+        "Get": "Steps.slimops-train.ProcessingOutputConfig.Outputs['model'].S3Output.S3Uri"}
+    gate = steps["slimops-gate"]["Arguments"]
+    assert gate["Conditions"] == [{"Type": "Equals", "RightValue": True, "LeftValue": {"Std:JsonGet": {
+        "PropertyFile": {"Get": "Steps.slimops-validate.PropertyFiles.GateReport"}, "Path": "passed"}}}]
+    assert [s["Name"] for s in gate["IfSteps"]] == ["slimops-register-model"]
+    register = gate["IfSteps"][0]["Arguments"]
+    assert register["ModelApprovalStatus"] == {"Get": "Parameters.ModelApprovalStatus"}
+    assert register["ModelPackageGroupName"] == {"Get": "Parameters.ModelPackageGroupName"}
+    assert [s["Type"] for s in gate["ElseSteps"]] == ["Fail"]
+    params = {p["Name"]: p.get("DefaultValue") for p in spec["Parameters"]}
+    assert params["ModelApprovalStatus"] == "PendingManualApproval"
+    assert params["ArtifactRoot"] == f"s3://{digits_pipeline.BUCKET}/slimops"
+
+
+def test_recipe_promotion_steps_run_in_the_passing_branch_when_their_registry_is_shared(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", steps=[
+        *yaml.safe_load(EXAMPLE.read_text())["steps"][:4],
+        {"step": "register", "config": {"name": "digits-cnn", "tracking_uri": "arn:aws:sagemaker:us-east-1:"
+                                        "111122223333:mlflow-tracking-server/slimops"}},
+        {"step": "promote", "config": {"tracking_uri": "arn:aws:sagemaker:us-east-1:111122223333:"
+                                                       "mlflow-tracking-server/slimops"}}])
+    gate = steps_by_name(definition(build_pipeline(recipe, **SETTINGS))["Steps"])["slimops-gate"]["Arguments"]
+    assert [s["Name"] for s in gate["IfSteps"]] == ["slimops-register-model", "slimops-register", "slimops-promote"]
+    promote = gate["IfSteps"][2]["Arguments"]
+    assert promote["AppSpecification"]["ContainerEntrypoint"][:3] == ["slimops", "step", "promote"]
+    assert promote["ProcessingInputs"][0]["S3Input"]["S3Uri"]["Std:Join"]["Values"][0]["Get"].startswith(
+        "Steps.slimops-register.")
+
+
+def test_steps_nest_into_an_existing_pipeline_from_an_upstream_model(tmp_path):
+    """The README snippet: the user's own step produces a model directory; slimops steps take it from there."""
+    from sagemaker.core.processing import Processor
+    from sagemaker.core.shapes import ProcessingOutput, ProcessingS3Output
+    from sagemaker.mlops.workflow import Pipeline, ProcessingStep
+
+    session = pipeline_session("us-east-1", "my-bucket")
+    trainer = Processor(role=SETTINGS["role"], image_uri="111122223333.dkr.ecr.us-east-1.amazonaws.com/train:1",
+                        instance_count=1, instance_type="ml.m5.xlarge", sagemaker_session=session)
+    train = ProcessingStep(name="my-train", step_args=trainer.run(outputs=[ProcessingOutput(
+        output_name="model", s3_output=ProcessingS3Output(s3_uri="s3://my-bucket/model",
+                                                          local_path="/opt/ml/processing/output/model",
+                                                          s3_upload_mode="EndOfJob"))]))
+    recipe = write_recipe(tmp_path / "r.yaml", steps=[
+        {"step": "export"}, {"step": "quantize", "config": {"mode": "dynamic"}},
+        {"step": "validate", "config": {"data": "test", "gate": {"max_metric_drop": 1.0}}}])
+    slim = build_steps(recipe, role=SETTINGS["role"], image=SETTINGS["image"], session=session,
+                       artifact_root="s3://my-bucket/slimops", model_package_group="digits",
+                       model_uri=train.properties.ProcessingOutputConfig.Outputs["model"].S3Output.S3Uri)
+    pipeline = Pipeline(name="my-pipeline", steps=[train, *slim.steps], sagemaker_session=session)
+    steps = steps_by_name(definition(pipeline)["Steps"])
+    assert "slimops-source" not in steps
+    first = steps["slimops-export"]["Arguments"]["ProcessingInputs"][0]["S3Input"]
+    assert first["S3Uri"] == {"Get": "Steps.my-train.ProcessingOutputConfig.Outputs['model'].S3Output.S3Uri"}
+    assert first["LocalPath"] == "/opt/ml/processing/input/model"
+    baseline = {i["InputName"]: i for i in steps["slimops-validate"]["Arguments"]["ProcessingInputs"]}["baseline"]
+    assert baseline["S3Input"]["S3Uri"] == first["S3Uri"]  # validate compares against the user's model
+
+
+def test_recipe_data_files_arrive_as_a_data_channel():
+    recipe = REPO / "examples" / "minilm-sts.yaml"
+    with pytest.raises(BadInput, match="read data files; give data_uri"):
+        build_pipeline(recipe, **SETTINGS)
+    spec = definition(build_pipeline(recipe, **SETTINGS, data_uri="s3://my-bucket/recipes/minilm"))
+    validate = next(s for s in spec["Steps"] if s["Name"] == "slimops-validate")["Arguments"]
+    channels = {i["InputName"]: i["S3Input"] for i in validate["ProcessingInputs"]}
+    assert channels["data"] == {**channels["data"], "S3Uri": {"Get": "Parameters.DataUri"},
+                                "LocalPath": "/opt/ml/processing/input/data"}
+    sets = [a for a in validate["AppSpecification"]["ContainerEntrypoint"] if a.startswith("data=")]
+    assert json.loads(sets[0].removeprefix("data="))["path"] == "/opt/ml/processing/input/data/data/stsb/sts-dev.tsv"
+
+
+def test_recipe_errors_fail_at_build_time(tmp_path, monkeypatch):
+    import slimops.plan
+
+    unknown = write_recipe(tmp_path / "u.yaml", steps=[{"step": "shrink"}])
+    with pytest.raises(BadInput, match="unknown step 'shrink'"):
+        build_pipeline(unknown, **SETTINGS)
+    no_gate = write_recipe(tmp_path / "n.yaml", steps=[{"step": "export"}])
+    with pytest.raises(BadInput, match="no step produces one"):
+        build_pipeline(no_gate, **SETTINGS)
+    empty_gate = write_recipe(tmp_path / "e.yaml", gate={"max_metric_drop": None, "min_speedup": None})
+    with pytest.raises(BadInput, match="checks nothing"):
+        build_pipeline(empty_gate, **SETTINGS)
+    monkeypatch.delenv("SLIMOPS_IMAGE", raising=False)
+    monkeypatch.setattr(slimops.plan, "IMAGE_LOCK", tmp_path / "no-image.json")
+    with pytest.raises(BadInput, match="no component image"):
+        build_pipeline(EXAMPLE, **{**SETTINGS, "image": None}, recipe_promotion=False)
+    with pytest.raises(BadInput, match="not an IAM role ARN"):
+        build_pipeline(EXAMPLE, **{**SETTINGS, "role": "slimops"}, recipe_promotion=False)
+    with pytest.raises(BadInput, match="not an S3 bucket name"):
+        build_pipeline(EXAMPLE, **{**SETTINGS, "bucket": "s3://b/p"}, recipe_promotion=False)
+    # The example's register/promote keep their registry beside OUT: separate SageMaker jobs would not share it.
+    with pytest.raises(BadInput, match="register, promote keep their model registry inside the job"):
+        build_pipeline(EXAMPLE, **SETTINGS)
+
+
+# ----------------------------------------------------------------------------- the processing contract
+
+
+class LocalProcessing:
+    """Runs a definition's Processing steps as SageMaker would, with S3 as a local directory tree: each job gets
+    a fresh ROOT with its input channels downloaded, runs its ContainerEntrypoint, and its output channels are
+    uploaded to the URIs the definition names. Property files and conditions are read the same way."""
+
+    def __init__(self, spec: dict, root: Path, s3: Path):
+        self.spec, self.root, self.s3, self.steps = spec, root, s3, steps_by_name(spec["Steps"])
+        self.params = {p["Name"]: p.get("DefaultValue") for p in spec["Parameters"]}
+        self.params["ArtifactRoot"] = str(s3)
+        self.outputs: dict[str, dict[str, Path]] = {}
+
+    def resolve(self, expr):
+        if isinstance(expr, (str, bool, int, float)):
+            return expr
+        if "Std:Join" in expr:
+            return expr["Std:Join"]["On"].join(str(self.resolve(v)) for v in expr["Std:Join"]["Values"])
+        if "Std:JsonGet" in expr:
+            step = re.fullmatch(r"Steps\.(.+)\.PropertyFiles\.(.+)", expr["Std:JsonGet"]["PropertyFile"]["Get"])
+            value = self.property_file(step[1], step[2])
+            for key in expr["Std:JsonGet"]["Path"].split("."):
+                value = value[key]
+            return value
+        ref = expr["Get"]
+        if ref == "Execution.PipelineExecutionId":
+            return "execution-1"
+        if ref.startswith("Parameters."):
+            return self.params[ref.removeprefix("Parameters.")]
+        found = re.fullmatch(r"Steps\.(.+)\.ProcessingOutputConfig\.Outputs\['(.+)'\]\.S3Output\.S3Uri", ref)
+        return str(self.outputs[found[1]][found[2]])
+
+    def property_file(self, step_name: str, file_name: str) -> dict:
+        spec = next(p for p in self.steps[step_name]["PropertyFiles"] if p["PropertyFileName"] == file_name)
+        return json.loads((self.outputs[step_name][spec["OutputName"]] / spec["FilePath"]).read_text())
+
+    def seed(self, step_name: str, model_dir: Path) -> None:
+        """An upstream step's output, as if it had run: its model channel holds ``model/`` = model_dir."""
+        out = self.s3 / "seeded" / step_name / "model"
+        shutil.copytree(model_dir, out / "model")
+        self.outputs[step_name] = {"model": out}
+
+    def run(self, step_name: str) -> subprocess.CompletedProcess:
+        args = self.steps[step_name]["Arguments"]
+        shutil.rmtree(self.root, ignore_errors=True)  # every job is a fresh container
+        for channel in args.get("ProcessingInputs", []):
+            source = Path(self.resolve(channel["S3Input"]["S3Uri"]))
+            shutil.copytree(source, self.local(channel["S3Input"]["LocalPath"]))
+        outputs = args["ProcessingOutputConfig"]["Outputs"]
+        for channel in outputs:
+            self.local(channel["S3Output"]["LocalPath"]).mkdir(parents=True)  # the platform creates them
+        env = {**cli_env(), **args.get("Environment", {}),
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        done = subprocess.run(args["AppSpecification"]["ContainerEntrypoint"], env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, f"{step_name} exited {done.returncode}:\n{done.stderr[-3000:]}"
+        self.outputs[step_name] = {}
+        for channel in outputs:
+            target = Path(self.resolve(channel["S3Output"]["S3Uri"]))
+            shutil.copytree(self.local(channel["S3Output"]["LocalPath"]), target)
+            self.outputs[step_name][channel["OutputName"]] = target
+        return done
+
+    def local(self, container_path: str) -> Path:
+        # The definition was built with $SLIMOPS_SAGEMAKER_PROCESSING_ROOT = self.root: its paths already lie there.
+        assert container_path.startswith(str(self.root)), container_path
+        return Path(container_path)
+
+    def branch(self, condition_name: str) -> list[dict]:
+        args = self.steps[condition_name]["Arguments"]
+        verdicts = [self.resolve(c["LeftValue"]) == self.resolve(c["RightValue"]) for c in args["Conditions"]]
+        assert all(c["Type"] == "Equals" for c in args["Conditions"])
+        return args["IfSteps"] if all(verdicts) else args["ElseSteps"]
+
+
+@pytest.mark.slow
+def test_definition_entrypoints_run_the_contract_locally_and_the_condition_reads_the_gate_report(
+        tmp_path, monkeypatch, digits_trained):
+    root = tmp_path / "container" / "opt" / "ml" / "processing"
+    monkeypatch.setenv(PROCESSING_ROOT_ENV, str(root))
+    spec = definition(digits_pipeline.build())
+    assert str(root) in json.dumps(spec)
+    local = LocalProcessing(spec, root, tmp_path / "s3")
+    local.seed("slimops-train", digits_trained)
+    for name in ("slimops-export", "slimops-quantize", "slimops-validate"):
+        local.run(name)
+    validated = local.outputs["slimops-validate"]["model"]
+    report = json.loads((validated / "model" / "gate_report.json").read_text())
+    assert (validated / "gate_passed").read_text() == json.dumps(report["passed"])
+    assert (validated / "model" / "model.onnx").is_file() and (validated / "model" / "manifest.json").is_file()
+    taken = local.branch("slimops-gate")
+    assert [s["Type"] for s in taken] == (["RegisterModel"] if report["passed"] else ["Fail"])
+
+    # Validate again with a gate that must fail, then one that must pass: both branches, for real (timed briefly:
+    # these runs are about the branch, not the measurement).
+    quick = {"rounds": 1, "latency_runs": 5, "throughput_samples": 64}
+    for gate, passes in (({"min_speedup": 1000.0}, False), ({"max_metric_drop": 100.0}, True)):
+        variant = digits_pipeline.build(write_recipe(tmp_path / f"gate-{passes}.yaml", gate=gate, timing=quick))
+        rerun = LocalProcessing(definition(variant), root, tmp_path / f"s3-{passes}")
+        rerun.outputs = {k: v for k, v in local.outputs.items() if k != "slimops-validate"}
+        rerun.run("slimops-validate")
+        taken = rerun.branch("slimops-gate")
+        report = rerun.property_file("slimops-validate", "GateReport")
+        assert report["passed"] is passes
+        if passes:
+            register = taken[0]["Arguments"]["InferenceSpecification"]["Containers"][0]
+            uri = rerun.resolve(register["ModelDataSource"]["S3DataSource"]["S3Uri"])
+            model_prefix = Path(uri)
+            assert uri.endswith("/model/") and (model_prefix / "gate_report.json").is_file()
+            assert json.loads((model_prefix / "gate_report.json").read_text())["passed"] is True
+        else:
+            message = rerun.resolve(taken[0]["Arguments"]["ErrorMessage"])
+            assert message.startswith("slimops gate validate failed:") and "speedup" in message
