@@ -28,6 +28,10 @@ LOCK_FILE=${SLIMOPS_IMAGE_LOCK:-$REPO/components/slimops/image.json}
 # The resolved set the project's own venv is tested with: the image gets the same versions.
 CONSTRAINTS=${SLIMOPS_CONSTRAINTS:-$REPO/infra/constraints.txt}
 
+# Extras baked into the image: kfp so KFP's Python components run on it (install_kfp_package=False), registry
+# (mlflow) so register/promote run inside a task. Empty for the core alone.
+IMAGE_EXTRAS=${SLIMOPS_IMAGE_EXTRAS-kfp,registry}
+
 BASE_TAR=$BUILD_DIR/base/bookworm-minbase.tar
 WHEELHOUSE=$BUILD_DIR/wheelhouse
 REQUIREMENTS=$BUILD_DIR/requirements.lock
@@ -125,7 +129,7 @@ build_slimops_wheel() {
 deps_key() {
     # What the resolution depends on: slimops' requirements, the constraints and the wheels at hand. While they
     # are unchanged the previous requirements.lock still holds and the (slow) resolution is skipped.
-    "$PYTHON" - "$WHEELHOUSE" "$CONSTRAINTS" <<'EOF'
+    "$PYTHON" - "$WHEELHOUSE" "$CONSTRAINTS" "${IMAGE_EXTRAS:-}" <<'EOF'
 import hashlib
 import pathlib
 import sys
@@ -138,6 +142,7 @@ with zipfile.ZipFile(wheel) as archive:
 key = hashlib.sha256()
 key.update("\n".join(line for line in metadata.splitlines() if line.startswith("Requires-Dist:")).encode())
 key.update(constraints.read_bytes() if constraints.is_file() else b"")
+key.update(sys.argv[3].encode())  # the extras baked in
 key.update("\n".join(sorted(p.name for p in wheelhouse.glob("*.whl") if not p.name.startswith("slimops-"))).encode())
 print(key.hexdigest())
 EOF
@@ -147,7 +152,7 @@ resolve_requirements() {
     # Exactly what the image installs, resolved from the wheelhouse alone (--isolated: no pip config, no extra
     # find-links or index from this machine), so the container's offline install cannot go differently.
     local wheel report
-    wheel=$(ls "$WHEELHOUSE"/slimops-*.whl)
+    wheel=$(ls "$WHEELHOUSE"/slimops-*.whl)${IMAGE_EXTRAS:+[$IMAGE_EXTRAS]}
     report=$(mktemp)
     mapfile -t constraints < <(constraint_args)
     if ! "$PYTHON" -m pip install --isolated --quiet --dry-run --ignore-installed --no-index --find-links "$WHEELHOUSE" \
@@ -189,7 +194,7 @@ fill_wheelhouse() {
         mapfile -t constraints < <(constraint_args)
         # setuptools too: it is the build backend, so the slimops wheel can be rebuilt offline.
         "$PYTHON" -m pip wheel --quiet --find-links "$WHEELHOUSE" --wheel-dir "$WHEELHOUSE" "${constraints[@]}" \
-            "$(ls "$WHEELHOUSE"/slimops-*.whl)" 'setuptools>=68' 2>&1 | quiet_pip \
+            "$(ls "$WHEELHOUSE"/slimops-*.whl)${IMAGE_EXTRAS:+[$IMAGE_EXTRAS]}" 'setuptools>=68' 2>&1 | quiet_pip \
             || die "pip could not fill the wheelhouse (output above); check that the package index is reachable"
         log "wheelhouse: $(ls "$WHEELHOUSE" | wc -l) wheels, $(du -sh "$WHEELHOUSE" | cut -f1)"
         resolve_requirements || die "the wheelhouse $WHEELHOUSE still misses a dependency after fetching; see pip's output above"
