@@ -32,6 +32,19 @@ MINILM_COMPILE_CONFIG = {"fusions": "auto", "opt_level": 1}
 # ----------------------------------------------------------------------------- helpers
 
 
+def example_pipeline(runner: str):
+    """pipelines/<runner>/digits_pipeline.py, the shipped example, loaded under a name of its own: the KFP,
+    SageMaker and Azure ML modules share the file name, so a plain import would give whichever came first."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{runner}_digits_pipeline",
+                                                  REPO / "pipelines" / runner / "digits_pipeline.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and kfp look the module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
 def cli_env() -> dict:
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")

@@ -11,13 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, example_pipeline
 
 pytest.importorskip("azure.ai.ml", reason="azure-ai-ml (extra slimops[azure]) is not installed")
 pytest.importorskip("mldesigner", reason="mldesigner (extra slimops[azure]) is not installed")
 
-sys.path.insert(0, str(REPO / "pipelines" / "azureml"))
-import digits_pipeline  # noqa: E402  (pipelines/azureml/digits_pipeline.py)
+digits_pipeline = example_pipeline("azureml")  # pipelines/azureml/digits_pipeline.py
 
 from slimops.adapters.azureml import add_steps, all_components, build_pipeline, load_components  # noqa: E402
 from slimops.errors import BadInput  # noqa: E402

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, cli_env
+from conftest import REPO, cli_env, example_pipeline
 
 from slimops.cli import _parse_sets, build_parser
 from slimops.plan import plan_recipe
@@ -81,15 +81,7 @@ def plan_records(path: Path = EXAMPLE) -> list[dict]:
 
 
 def shipped_example(runner: str):
-    """pipelines/<runner>/digits_pipeline.py, the example as shipped. Loaded under a name of its own: the KFP,
-    SageMaker and Azure ML modules are all called digits_pipeline, and their tests import them by that name."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"{runner}_digits_pipeline",
-                                                  REPO / "pipelines" / runner / "digits_pipeline.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return example_pipeline(runner)
 
 
 def chain(records: list[dict]) -> list[dict]:

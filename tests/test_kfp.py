@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, example_pipeline
 
 pytest.importorskip("kfp", reason="the kfp extra (pip install slimops[kfp]) is not installed")
 from kfp import compiler, dsl  # noqa: E402
@@ -25,8 +25,7 @@ from slimops.adapters.kfp.python_steps import STEP_FUNCTIONS  # noqa: E402
 from slimops.errors import BadInput  # noqa: E402
 from slimops.plan import plan_recipe  # noqa: E402
 
-sys.path.insert(0, str(REPO / "pipelines" / "kfp"))
-import digits_pipeline  # noqa: E402
+digits_pipeline = example_pipeline("kfp")  # pipelines/kfp/digits_pipeline.py
 
 GOLDEN_IMAGE = "registry.example.com/slimops:0.1.0"
 EXAMPLE = REPO / "examples" / "digits-pipeline.yaml"

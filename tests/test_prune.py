@@ -58,7 +58,10 @@ def test_global_prune_digits(digits_trained, digits_pruned, digits_test):
     parent = json.loads((digits_trained / "manifest.json").read_text())
     assert manifest["parent"]["step"] == "train" and manifest["parent"]["outputs"] == parent["outputs"]
     assert manifest["inputs"]["model"]["files"] == parent["outputs"]
-    assert manifest["config"] == {"method": "magnitude", "sparsity": 0.5, "scope": "global", "exclude": []}
+    config = manifest["config"]
+    assert {k: config[k] for k in ("mode", "method", "sparsity", "scope", "exclude")} == {
+        "mode": "unstructured", "method": "magnitude", "sparsity": 0.5, "scope": "global", "exclude": []}
+    assert config["amount"] is None and config["calibration"] is None  # structured options stay unset
 
     before, after = load_file(str(digits_trained / "model.safetensors")), load_file(str(digits_pruned / "model.safetensors"))
     names = prunable(before)

@@ -13,13 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, cli_env
+from conftest import REPO, cli_env, example_pipeline
 
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")  # `import sagemaker.mlops` needs a region
 pytest.importorskip("sagemaker.mlops", reason="sagemaker>=3 (extra slimops[sagemaker]) is not installed")
 
-sys.path.insert(0, str(REPO / "pipelines" / "sagemaker"))
-import digits_pipeline  # noqa: E402  (pipelines/sagemaker/digits_pipeline.py)
+digits_pipeline = example_pipeline("sagemaker")  # pipelines/sagemaker/digits_pipeline.py
 
 from slimops.adapters.sagemaker import PROCESSING_ROOT_ENV, build_pipeline, build_steps, pipeline_session  # noqa: E402
 from slimops.errors import BadInput  # noqa: E402

@@ -89,9 +89,14 @@ class TorchModule(Runnable):
 
         if threads:
             torch.set_num_threads(threads)
+        from slimops.pruning.reshape import fit_to_state
+
         self.model = import_factory(info.factory)(**info.kwargs)
+        state = load_file(str(self.model_dir / info.file))
+        # A structurally pruned module has narrower layers than the factory builds: take the file's shapes.
+        self.reshaped = fit_to_state(self.model, state)
         try:
-            self.model.load_state_dict(load_file(str(self.model_dir / info.file)))
+            self.model.load_state_dict(state)
         except RuntimeError as err:
             raise BadInput(f"weights in {self.model_dir / info.file} do not fit {info.factory}: "
                            f"{str(err).splitlines()[0]}") from None
