@@ -100,6 +100,38 @@ def _narrow_ffn(layer_state: dict, size: int, family: str) -> dict:
     return narrowed
 
 
+def check_encoder_pair(teacher, student, student_tokenizer, teacher_tokenizer) -> None:
+    """A given student (``from_input``) must embed into the teacher's space and read the same token ids."""
+    t_width, s_width = int(teacher.config.hidden_size), int(student.config.hidden_size)
+    if t_width != s_width:
+        raise BadInput(f"the student's embeddings have {s_width} dimensions, the teacher's {t_width}; embedding "
+                       "distillation needs the same width (prune heads, FFN neurons or layers, not the hidden size)")
+    if student_tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
+        raise BadInput("the student and the teacher use different vocabularies; distil a student derived from the "
+                       "teacher (same tokenizer)")
+
+
+def check_classifier_pair(student, input_shape: list[int] | None, num_labels: int, where) -> None:
+    """A given student (``from_input``) must take the teacher's inputs and give as many outputs."""
+    import torch
+
+    if not input_shape:
+        return
+    was_training = student.training
+    student.eval()
+    try:
+        with torch.inference_mode():
+            out = student(torch.zeros(2, *input_shape))
+    except Exception as err:
+        raise BadInput(f"the student {where} cannot take the teacher's inputs {input_shape} "
+                       f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+    finally:
+        student.train(was_training)
+    if out.ndim != 2 or out.shape[1] != num_labels:
+        raise BadInput(f"the student {where} outputs shape {list(out.shape[1:])} per example, the teacher "
+                       f"{[num_labels]}; distil a student with the teacher's outputs")
+
+
 def factory_student(factory: str, kwargs: dict, input_shape: list[int] | None, num_labels: int):
     """A freshly initialised ``factory(**kwargs)`` whose output has ``num_labels`` columns, as the teacher's."""
     import torch

@@ -4,6 +4,8 @@
   sentence embeddings (pooled and normalised as the handlers do) match the teacher's (cosine or MSE).
 - PyTorch tensor classifier -> a student from any factory, trained from scratch on the teacher's
   temperature-softened outputs (KL x T^2) plus ``alpha`` x cross-entropy when the data has labels.
+- ``student: {from_input: true}``: the input model itself is the student (the recovery fine-tune after
+  structured pruning); the teacher comes in as ``--baseline`` (a recipe's ``baseline:``).
 
 The best student on ``eval_data`` (the task metric, every ``eval_every`` steps) is written in the teacher's
 format, safetensors only. Checkpoints live in ``.<OUT name>.ckpt/`` beside the output: a rerun with the same
@@ -16,6 +18,7 @@ import math
 import shutil
 import sys
 import time
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -37,12 +40,17 @@ class StudentSpec(BaseModel):
     intermediate_size: int | None = Field(None, gt=0, description="encoders: narrower FFN (largest-norm neurons)")
     factory: str | None = Field(None, description="classifiers: 'package.module:callable' of the student")
     kwargs: dict = Field(default_factory=dict, description="classifiers: keyword arguments of the factory")
+    from_input: bool = Field(False, description="the input model is the student (e.g. a pruned model to recover); "
+                                                "the teacher is --baseline DIR (recipe: baseline: <step id>)")
 
     @model_validator(mode="after")
     def _one_kind(self):
-        if (self.layers is None) == (self.factory is None):
-            raise ValueError("give either 'layers' (encoder teacher) or 'factory' (classifier teacher)")
-        if self.factory is not None and self.intermediate_size is not None:
+        given = [name for name in ("layers", "factory") if getattr(self, name) is not None]
+        given += ["from_input"] if self.from_input else []
+        if len(given) != 1:
+            raise ValueError("give one of 'layers' (encoder teacher), 'factory' (classifier teacher) or "
+                             f"'from_input: true' (the input is the student), not {' + '.join(given) or 'none'}")
+        if self.layers is None and self.intermediate_size is not None:
             raise ValueError("intermediate_size applies to encoder students (with 'layers') only")
         if self.factory is not None and ":" not in self.factory:
             raise ValueError("factory must be 'package.module:callable'")
@@ -63,6 +71,8 @@ class DistillConfig(StepConfig):
     eval_every: int = Field(50, ge=1, description="evaluate and checkpoint every this many steps")
     patience: int | None = Field(None, ge=1, description="stop after this many evaluations without improvement")
     seed: int = Field(0, description="seed for initialisation and shuffling")
+    threads: int | None = Field(None, ge=1, description="training threads (default: the step's --threads); 1 is "
+                                                       "often faster on a busy shared CPU, where threads wait on each other")
 
     @model_validator(mode="after")
     def _lr(self):
@@ -77,25 +87,36 @@ class Distill(Step):
     Config = DistillConfig
 
     def resolve(self, config: DistillConfig) -> DistillConfig:
-        if config.lr == "auto":
-            return config.model_copy(update={"lr": 1e-4 if config.student.layers is not None else 3e-3})
+        # from_input: encoder or classifier is known only from the model, so "auto" is settled in run()
+        if config.lr == "auto" and not config.student.from_input:
+            return config.model_copy(update={"lr": _auto_lr(encoder=config.student.layers is not None)})
         return config
 
     def run(self, ctx, config: DistillConfig) -> StepResult:
         import torch
 
-        info = ctx.model_info
-        if info.format not in ("hf", "torch"):
-            raise BadInput(f"{ctx.model_dir} is an {info.format} model; distill needs the source teacher "
-                           "(Hugging Face encoder or PyTorch classifier directory), not an exported one")
-        if info.format == "hf" and info.task != "sentence-embedding":
-            raise BadInput(f"distill takes a Hugging Face sentence encoder, not a {info.task} model")
-        if info.format == "torch" and info.task != "tensor-classification":
-            raise BadInput(f"distill takes a PyTorch tensor classifier, not {info.task}")
+        from slimops.handlers import describe
+
+        if config.student.from_input:
+            # Recovery fine-tune: the input (e.g. a pruned model) learns from the unpruned teacher.
+            teacher_dir = ctx.inputs.get("baseline")
+            if teacher_dir is None:
+                raise BadInput("student.from_input trains the input model against a teacher: give the teacher as "
+                               "--baseline DIR (in a recipe, baseline: <step id or source>)")
+            info = describe(teacher_dir)
+            _check_model(info, teacher_dir, "teacher (--baseline)")
+            _check_model(ctx.model_info, ctx.model_dir, "student (--model)")
+            if ctx.model_info.format != info.format or ctx.model_info.task != info.task:
+                raise BadInput(f"the student {ctx.model_dir} is a {ctx.model_info.format} {ctx.model_info.task} model "
+                               f"but the teacher {teacher_dir} a {info.format} {info.task} one; distill between "
+                               "models of one kind")
+        else:
+            teacher_dir, info = ctx.model_dir, ctx.model_info
+            _check_model(info, teacher_dir, "teacher")
         encoder = info.format == "hf"
-        if encoder and config.student.layers is None:
+        if encoder and config.student.factory is not None:
             raise BadInput("the teacher is a Hugging Face encoder: give student.layers (e.g. [0, 2, 4]), not a factory")
-        if not encoder and config.student.factory is None:
+        if not encoder and config.student.layers is not None:
             raise BadInput("the teacher is a PyTorch classifier: give student.factory (e.g. "
                            "slimops.zoo.digits:DigitsMobileNet), not layers")
 
@@ -107,28 +128,50 @@ class Distill(Step):
             check_inputs(info, eval_data, "distill eval_data")
             metric_name(info.task, eval_data)
 
-        if ctx.threads:
-            torch.set_num_threads(ctx.threads)
+        if config.lr == "auto":
+            config = config.model_copy(update={"lr": _auto_lr(encoder)})
+        threads = config.threads or ctx.threads
+        if threads:
+            torch.set_num_threads(threads)
         torch.manual_seed(config.seed)
-        task = (_EncoderTask if encoder else _ClassifierTask)(ctx, config, info, data)
-        return _train(ctx, config, info, task, data, eval_data)
+        task = (_EncoderTask if encoder else _ClassifierTask)(ctx, config, info, data, Path(teacher_dir))
+        return _train(ctx, config, info, task, data, eval_data, Path(teacher_dir))
+
+
+def _auto_lr(encoder: bool) -> float:
+    return 1e-4 if encoder else 3e-3
+
+
+def _check_model(info, model_dir, role: str) -> None:
+    if info.format not in ("hf", "torch"):
+        raise BadInput(f"{model_dir} is an {info.format} model; distill needs the {role} as a Hugging Face encoder "
+                       "or PyTorch classifier directory, not an exported one")
+    if info.format == "hf" and info.task != "sentence-embedding":
+        raise BadInput(f"distill takes a Hugging Face sentence encoder as {role}, not a {info.task} model")
+    if info.format == "torch" and info.task != "tensor-classification":
+        raise BadInput(f"distill takes a PyTorch tensor classifier as {role}, not {info.task}")
 
 
 # ----------------------------------------------------------------------------- tasks
 
 
 class _EncoderTask:
-    def __init__(self, ctx, config, info, data):
+    def __init__(self, ctx, config, info, data, teacher_dir):
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
-        from slimops.students import encoder_student
+        from slimops.students import check_encoder_pair, encoder_student
 
         self.info = info
-        self.teacher = AutoModel.from_pretrained(str(ctx.model_dir), use_safetensors=True).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(ctx.model_dir))
-        self.student = encoder_student(self.teacher, config.student.layers, config.student.intermediate_size)
+        self.teacher = AutoModel.from_pretrained(str(teacher_dir), use_safetensors=True).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(teacher_dir))
+        if config.student.from_input:
+            self.student = AutoModel.from_pretrained(str(ctx.model_dir), use_safetensors=True)
+            check_encoder_pair(self.teacher, self.student, AutoTokenizer.from_pretrained(str(ctx.model_dir)),
+                               self.tokenizer)
+        else:
+            self.student = encoder_student(self.teacher, config.student.layers, config.student.intermediate_size)
         if config.freeze_embeddings:
             self.student.get_input_embeddings().weight.requires_grad_(False)
         self.loss_kind = config.loss
@@ -187,15 +230,15 @@ class _EncoderTask:
 
 
 class _ClassifierTask:
-    def __init__(self, ctx, config, info, data):
+    def __init__(self, ctx, config, info, data, teacher_dir):
         import torch
 
         from slimops.handlers.runtime import TorchModule
-        from slimops.students import factory_student
+        from slimops.students import check_classifier_pair, factory_student
 
         self.info = info
         self.config = config
-        self.teacher = TorchModule(ctx.model_dir, info, ctx.threads).model.eval()
+        self.teacher = TorchModule(teacher_dir, info, config.threads or ctx.threads).model.eval()
         num_labels = info.num_labels
         x = torch.from_numpy(np.asarray(data.inputs, dtype=np.float32))
         with torch.inference_mode():
@@ -203,7 +246,14 @@ class _ClassifierTask:
         if num_labels is None:
             num_labels = self.targets.shape[1]
         self.num_labels = num_labels
-        self.student = factory_student(config.student.factory, config.student.kwargs, info.input_shape, num_labels)
+        if config.student.from_input:
+            student_info = ctx.model_info
+            self.student = TorchModule(ctx.model_dir, student_info, config.threads or ctx.threads).model.train()
+            check_classifier_pair(self.student, student_info.input_shape or info.input_shape, num_labels, ctx.model_dir)
+            self.factory, self.kwargs = student_info.factory, student_info.kwargs
+        else:
+            self.student = factory_student(config.student.factory, config.student.kwargs, info.input_shape, num_labels)
+            self.factory, self.kwargs = config.student.factory, config.student.kwargs
         self.x = x
         self.y = None if data.labels is None else torch.from_numpy(np.asarray(data.labels, dtype=np.int64))
 
@@ -235,7 +285,7 @@ class _ClassifierTask:
         from slimops.handlers.runtime import dump_architecture
 
         out_info = ModelInfo(format="torch", task="tensor-classification", file="model.safetensors",
-                             factory=self.config.student.factory, kwargs=self.config.student.kwargs,
+                             factory=self.factory, kwargs=self.kwargs,
                              input_shape=self.info.input_shape, num_labels=self.num_labels, normalize=False)
         save_file({k: v.contiguous() for k, v in state.items()}, str(ctx.out_dir / out_info.file))
         dump_architecture(ctx.out_dir / "architecture.json", out_info)
@@ -245,7 +295,7 @@ class _ClassifierTask:
 # ----------------------------------------------------------------------------- training loop
 
 
-def _train(ctx, config, info, task, data, eval_data) -> StepResult:
+def _train(ctx, config, info, task, data, eval_data, teacher_dir) -> StepResult:
     import torch
 
     from slimops.core import cache_key
@@ -258,7 +308,8 @@ def _train(ctx, config, info, task, data, eval_data) -> StepResult:
     metric = metric_name(info.task, eval_data) if eval_data is not None else None
 
     ckpt_dir = checkpoint_dir(ctx.final_out)
-    config_hash = cache_key("distill", config, {"model": ctx.model_dir})
+    keyed = {"model": ctx.model_dir} if teacher_dir == ctx.model_dir else {"model": ctx.model_dir, "teacher": teacher_dir}
+    config_hash = cache_key("distill", config, keyed)
     step, best_metric, best_step, stale_evals, best_state = 0, None, None, 0, None
     history: list[dict] = []
     resumed_from = 0
@@ -348,7 +399,7 @@ def _train(ctx, config, info, task, data, eval_data) -> StepResult:
 
     teacher_params, student_params = param_count(task.teacher), param_count(student)
     metrics = {
-        "steps": step, "best_step": best_step, "resumed_from_step": resumed_from,
+        "steps": step, "best_step": best_step, "resumed_from_step": resumed_from, "transfer_examples": n,
         "teacher_params": teacher_params, "student_params": student_params,
         "student_trainable_params": sum(p.numel() for p in student.parameters() if p.requires_grad),
         "param_ratio": round(student_params / teacher_params, 4),
@@ -360,7 +411,7 @@ def _train(ctx, config, info, task, data, eval_data) -> StepResult:
         metrics.update({"metric": metric, "teacher_metric": teacher_metric, "student_metric": student_metric,
                         "metric_drop": teacher_metric - student_metric})
     details = {
-        "student": config.student.model_dump(exclude_none=True),
+        "student": config.student.model_dump(exclude_none=True), "lr": float(config.lr),
         "resumed_from_step": resumed_from, "stopped_early": stopped_early,
         "stale_checkpoint_discarded": discarded,
         "checkpoint_dir": str(ckpt_dir), "history": history,
