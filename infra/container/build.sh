@@ -194,7 +194,7 @@ fill_wheelhouse() {
         mapfile -t constraints < <(constraint_args)
         # setuptools too: it is the build backend, so the slimops wheel can be rebuilt offline.
         "$PYTHON" -m pip wheel --quiet --find-links "$WHEELHOUSE" --wheel-dir "$WHEELHOUSE" "${constraints[@]}" \
-            "$(ls "$WHEELHOUSE"/slimops-*.whl)${IMAGE_EXTRAS:+[$IMAGE_EXTRAS]}" 'setuptools>=68' 2>&1 | quiet_pip \
+            "$(ls "$WHEELHOUSE"/slimops-*.whl)${IMAGE_EXTRAS:+[$IMAGE_EXTRAS]}" 'setuptools>=77' 2>&1 | quiet_pip \
             || die "pip could not fill the wheelhouse (output above); check that the package index is reachable"
         log "wheelhouse: $(ls "$WHEELHOUSE" | wc -l) wheels, $(du -sh "$WHEELHOUSE" | cut -f1)"
         resolve_requirements || die "the wheelhouse $WHEELHOUSE still misses a dependency after fetching; see pip's output above"
