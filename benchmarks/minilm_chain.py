@@ -19,7 +19,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _markdown import machine, stamp, write_section  # noqa: E402
-from quantize_minilm import DEV, LATENCY_RUNS, ROUNDS, SENTENCES, SLIMOPS_BEST, THREADS, _versions  # noqa: E402
+from quantize_minilm import (LATENCY_RUNS, ROUNDS, SENTENCES, SLIMOPS_BEST, THREADS, _versions,  # noqa: E402
+                             measure_side_by_side)
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "examples" / "minilm-distill.yaml"
@@ -52,8 +53,6 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from slimops.data import DataSpec, load_dataset
-    from slimops.evaluate import alternate_latency, alternate_throughput, predict_all, task_metrics
-    from slimops.handlers import load
     from slimops.manifest import read_manifest
     from slimops.runner import run_recipe
     from slimops.steps.validate import model_size_bytes
@@ -73,18 +72,7 @@ def main() -> int:
     }
     distill = read_manifest(steps["distill"])
     layers = distill["config"]["student"]["layers"]
-    dev = load_dataset(DataSpec(format="sts", path=str(DEV)))
-    models = {name: load(path, threads=THREADS) for name, path in variants.items()}
-
-    spearman, cosine, reference = {}, {}, None
-    for name, model in models.items():
-        outputs = predict_all(model, dev.inputs, 32)
-        reference = outputs if reference is None else reference
-        spearman[name] = task_metrics(outputs, dev)["spearman"]
-        cosine[name] = float((outputs * reference).sum(1).mean())
-    timed = dev.inputs[:SENTENCES]
-    timings = alternate_throughput(models, timed, 32, ROUNDS)
-    latency = alternate_latency(models, dev.inputs, LATENCY_RUNS)
+    models, spearman, cosine, timings, latency = measure_side_by_side(variants)
 
     teacher = next(iter(models))
     teacher_rounds = np.array(timings[teacher].seconds)
@@ -92,7 +80,7 @@ def main() -> int:
     for name in models:
         ratios = teacher_rounds / np.array(timings[name].seconds)  # per round: same round, same machine state
         rows.append({"variant": name, "speedup": float(np.median(ratios)), "lo": float(ratios.min()),
-                     "hi": float(ratios.max()), "sent_per_s": len(timed) / timings[name].median,
+                     "hi": float(ratios.max()), "sent_per_s": SENTENCES / timings[name].median,
                      "p50": latency[name]["p50_ms"], "spearman": spearman[name],
                      "drop": spearman[teacher] - spearman[name],
                      "size": model_size_bytes(Path(variants[name])) / 1e6, "cos": cosine[name]})

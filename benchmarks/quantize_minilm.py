@@ -78,6 +78,26 @@ def optimum_default(onnx_dir: Path, out: Path) -> Path:
     return out
 
 
+
+def measure_side_by_side(variants: dict):
+    """Every variant on the same STS-B dev data in one process: Spearman, mean cosine to the first variant,
+    batch-32 throughput in alternating rounds and batch-1 latency in alternating blocks."""
+    from slimops.data import DataSpec, load_dataset
+    from slimops.evaluate import alternate_latency, alternate_throughput, predict_all, task_metrics
+    from slimops.handlers import load
+
+    dev = load_dataset(DataSpec(format="sts", path=str(DEV)))
+    models = {name: load(path, threads=THREADS) for name, path in variants.items()}
+    spearman, cosine, reference = {}, {}, None
+    for name, model in models.items():
+        outputs = predict_all(model, dev.inputs, 32)
+        reference = outputs if reference is None else reference
+        spearman[name] = task_metrics(outputs, dev)["spearman"]
+        cosine[name] = float((outputs * reference).sum(1).mean())
+    timings = alternate_throughput(models, dev.inputs[:SENTENCES], 32, ROUNDS)
+    latency = alternate_latency(models, dev.inputs, LATENCY_RUNS)
+    return models, spearman, cosine, timings, latency
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", help="rewrite this Markdown file with the results")
@@ -85,26 +105,12 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from slimops.data import DataSpec, load_dataset
-    from slimops.evaluate import alternate_latency, alternate_throughput, predict_all, task_metrics
-    from slimops.handlers import load
     from slimops.steps.validate import model_size_bytes
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     variants = build_variants(work)
-    dev = load_dataset(DataSpec(format="sts", path=str(DEV)))
-    models = {name: load(path, threads=THREADS) for name, path in variants.items()}
-
-    spearman, cosine, reference = {}, {}, None
-    for name, model in models.items():
-        outputs = predict_all(model, dev.inputs, 32)
-        reference = outputs if reference is None else reference
-        spearman[name] = task_metrics(outputs, dev)["spearman"]
-        cosine[name] = float((outputs * reference).sum(1).mean())
-    timed = dev.inputs[:SENTENCES]
-    timings = alternate_throughput(models, timed, 32, ROUNDS)
-    latency = alternate_latency(models, dev.inputs, LATENCY_RUNS)
+    models, spearman, cosine, timings, latency = measure_side_by_side(variants)
 
     torch_name = next(iter(models))
     torch_rounds = np.array(timings[torch_name].seconds)
@@ -117,7 +123,7 @@ def main() -> int:
             "variant": name,
             "speedup": float(np.median(ratios)), "lo": float(ratios.min()), "hi": float(ratios.max()),
             "vs_optimum": float(np.median(np.array(timings[optimum_name].seconds) / rounds)),
-            "sent_per_s": len(timed) / timings[name].median,
+            "sent_per_s": SENTENCES / timings[name].median,
             "p50": latency[name]["p50_ms"],
             "spearman": spearman[name], "drop": spearman[torch_name] - spearman[name],
             "size": model_size_bytes(Path(variants[name])) / 1e6, "cos": cosine[name],
