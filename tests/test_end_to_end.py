@@ -18,7 +18,8 @@ def test_steps_lists_every_step_and_option(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")  # one table row per option
     assert main(["steps"]) == 0
     listing = capsys.readouterr().out
-    assert set(step_names()) == {"export", "compile", "quantize", "validate", "train", "prune", "factorize", "pack", "distill"}
+    assert set(step_names()) == {"export", "compile", "quantize", "validate", "train", "prune", "factorize", "pack",
+                                 "distill", "register", "promote", "deploy"}
     for name in step_names():
         assert re.search(rf"^{name}: ", listing, re.M), f"step {name} missing from `slimops steps`"
         for option in get_step(name).Config.model_fields:
