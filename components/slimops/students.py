@@ -111,8 +111,10 @@ def check_encoder_pair(teacher, student, student_tokenizer, teacher_tokenizer) -
                        "teacher (same tokenizer)")
 
 
-def check_classifier_pair(student, input_shape: list[int] | None, num_labels: int, where) -> None:
-    """A given student (``from_input``) must take the teacher's inputs and give as many outputs."""
+def check_classifier_pair(student, input_shape: list[int] | None, num_labels: int, where,
+                          hint: str = "distil a student with the teacher's outputs") -> None:
+    """A student (given with ``from_input``, or built by a factory) must take the teacher's inputs and give as
+    many outputs."""
     import torch
 
     if not input_shape:
@@ -129,7 +131,7 @@ def check_classifier_pair(student, input_shape: list[int] | None, num_labels: in
         student.train(was_training)
     if out.ndim != 2 or out.shape[1] != num_labels:
         raise BadInput(f"the student {where} outputs shape {list(out.shape[1:])} per example, the teacher "
-                       f"{[num_labels]}; distil a student with the teacher's outputs")
+                       f"{[num_labels]}; {hint}")
 
 
 def factory_student(factory: str, kwargs: dict, input_shape: list[int] | None, num_labels: int):
@@ -146,17 +148,8 @@ def factory_student(factory: str, kwargs: dict, input_shape: list[int] | None, n
                        f"{str(err).splitlines()[0] if str(err) else ''}; fix student.kwargs") from None
     if not isinstance(model, torch.nn.Module):
         raise BadInput(f"student factory {factory} returned {type(model).__name__}, not a torch.nn.Module")
-    if input_shape:
-        model.eval()
-        try:
-            with torch.inference_mode():
-                out = model(torch.zeros(2, *input_shape))
-        except Exception as err:
-            raise BadInput(f"student {factory} cannot take the teacher's inputs {input_shape} "
-                           f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
-        if out.ndim != 2 or out.shape[1] != num_labels:
-            raise BadInput(f"student {factory} outputs shape {list(out.shape[1:])} per example, the teacher "
-                           f"{[num_labels]}; give kwargs that make {num_labels} outputs (e.g. num_classes)")
+    check_classifier_pair(model, input_shape, num_labels, factory,
+                          hint=f"give kwargs that make {num_labels} outputs (e.g. num_classes)")
     return model.train()
 
 
