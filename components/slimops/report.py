@@ -1,12 +1,20 @@
-"""``RUN_DIR/report.html`` and its Markdown twin, rebuilt from run.json and the step manifests alone."""
+"""``RUN_DIR/report.html`` and its Markdown twin, rebuilt from run.json and the step manifests alone.
+
+Every string in a report comes from files a run wrote (recipe name, step ids, model paths, gate reasons, node
+names), and those files can be edited by anyone who can write the run directory. So no value is ever markup:
+the page is rendered by ``templates/report.html.j2`` with Jinja2 autoescaping, and in the Markdown every value
+is escaped so it can neither end a table cell nor become raw HTML (``_md``).
+"""
 
 from __future__ import annotations
 
-import html
 import math
+import re
 from pathlib import Path
 
 from slimops.manifest import read_manifest
+
+TEMPLATE = "report.html.j2"
 
 
 def write_report(run_dir: Path) -> tuple[Path, Path]:
@@ -15,13 +23,64 @@ def write_report(run_dir: Path) -> tuple[Path, Path]:
     run_dir = Path(run_dir)
     summary = load_summary(run_dir)
     manifests = {r["id"]: read_manifest(Path(r["out"])) or {} for r in summary["steps"]}
-    rows = _comparison_rows(summary, manifests)
-    md, page = _markdown(summary, manifests, rows), _html(summary, manifests, rows)
+    report = _report(summary, manifests)
+    md, page = _markdown(report), _html(report)
     for name, text in (("report.md", md), ("report.html", page)):
         tmp = run_dir / f".{name}.tmp"
         tmp.write_text(text)
         tmp.replace(run_dir / name)
     return run_dir / "report.html", run_dir / "report.md"
+
+
+# ----------------------------------------------------------------------------- what the report says
+
+
+def _report(summary: dict, manifests: dict) -> dict:
+    """Everything both renderings show, as plain (unescaped) strings: each renderer escapes for its own format."""
+    verdict, reasons = _verdict(summary)
+    rows = _comparison_rows(summary, manifests)
+    tables = []
+    if rows:
+        tables.append({
+            "title": "Baseline vs candidates (measured in this run, same data, same machine)",
+            "header": ["model", str(rows[0]["metric_name"]), "p50 ms (b=1)", "p95 ms (b=1)", "throughput/s (b=32)",
+                       "speedup", "size MB", "peak MB", "fidelity"],
+            "rows": [[str(r["model"]), _fmt(r["metric"]), _fmt(r["p50"]), _fmt(r["p95"]), _fmt(r["throughput"], 1),
+                      f"{_fmt(r['speedup'])}x", _fmt(r["size"], 1), _fmt(r["peak"], 0), _fmt(r["fidelity"], 4)]
+                     for r in rows],
+        })
+    gate_manifest = manifests.get((summary.get("gate") or {}).get("step"), {})
+    checks = (gate_manifest.get("details") or {}).get("checks") or []
+    if checks:
+        tables.append({
+            "title": "Gate checks", "header": ["check", "measured", "rule", "result"],
+            "rows": [[str(c["check"]), _fmt(c["value"], 4), f"{c['op']} {c['limit']}", "pass" if c["passed"] else "FAIL"]
+                     for c in checks],
+        })
+    steps = []
+    for record in summary["steps"]:
+        ran_for = manifests[record["id"]].get("seconds")
+        status = (f"cached (ran {ran_for:.1f} s)" if record["status"] == "cached" and ran_for is not None
+                  else str(record["status"]))
+        steps.append([str(record["id"]), str(record["step"]), status, f"{record['seconds']:.1f}",
+                      _step_note(record, manifests[record["id"]])])
+    tables.append({"title": "Steps", "header": ["step", "kind", "status", "seconds", "notes"], "rows": steps})
+    lineage = [[str(link["step"]), f"{link['file']} {link['path']}", str(link["sha256"]),
+                ", ".join(f"{k}: {v}" for k, v in link["data"].items())]
+               for link in _lineage(summary, manifests)]
+    tables.append({"title": "Lineage (newest first)",
+                   "header": ["step", "file", "sha256 (16)", "data sha256 (16)"], "rows": lineage})
+    return {
+        "name": str(summary["name"]),
+        "verdict": verdict,
+        "gate_step": str(summary["gate"]["step"]) if summary.get("gate") else None,
+        "reasons": [str(r) for r in reasons],
+        "recipe": str(summary["recipe"]),
+        "finished": str(summary["finished"]),
+        "seconds": f"{summary['seconds']:.1f}",
+        "plot": _plot(rows) if rows else None,
+        "tables": tables,
+    }
 
 
 def _comparison_rows(summary: dict, manifests: dict) -> list[dict]:
@@ -84,7 +143,7 @@ def _step_note(record: dict, manifest: dict) -> str:
         notes.append("quantized " + ", ".join(f"{k}×{v}" for k, v in details["quantized_nodes"].items()))
     aaq = details.get("accuracy_aware")
     if aaq:
-        notes.append(f"kept float: {', '.join(aaq['float_nodes']) or 'none'} (target met: {aaq['target_met']})")
+        notes.append(f"kept float: {', '.join(map(str, aaq['float_nodes'])) or 'none'} (target met: {aaq['target_met']})")
     if "target_sparsity" in metrics:
         notes.append(f"sparsity {100 * metrics['sparsity']:.1f}% of pruned weights "
                      f"({100 * metrics['overall_sparsity']:.1f}% of all)")
@@ -97,65 +156,9 @@ def _step_note(record: dict, manifest: dict) -> str:
     return "; ".join(notes)
 
 
-def _markdown(summary, manifests, rows) -> str:
-    verdict, reasons = _verdict(summary)
-    out = [f"# slimops run: {summary['name']}", "",
-           f"**Gate: {verdict}**" + (f" (step `{summary['gate']['step']}`)" if summary.get("gate") else ""), ""]
-    out += [f"- {r}" for r in reasons] + ([""] if reasons else [])
-    out += [f"Recipe `{summary['recipe']}`, finished {summary['finished']}, {summary['seconds']:.1f} s.", ""]
-    if rows:
-        metric = rows[0]["metric_name"]
-        out += ["## Baseline vs candidates (measured in this run, same data, same machine)", "",
-                f"| model | {metric} | p50 ms (b=1) | p95 ms (b=1) | throughput/s (b=32) | speedup | size MB | peak MB | fidelity |",
-                "|---|---|---|---|---|---|---|---|---|"]
-        for r in rows:
-            out.append(f"| {r['model']} | {_fmt(r['metric'])} | {_fmt(r['p50'])} | {_fmt(r['p95'])} | "
-                       f"{_fmt(r['throughput'], 1)} | {_fmt(r['speedup'])}x | {_fmt(r['size'], 1)} | "
-                       f"{_fmt(r['peak'], 0)} | {_fmt(r['fidelity'], 4)} |")
-        out.append("")
-    gate_manifest = manifests.get((summary.get("gate") or {}).get("step"), {})
-    checks = (gate_manifest.get("details") or {}).get("checks") or []
-    if checks:
-        out += ["## Gate checks", "", "| check | measured | rule | result |", "|---|---|---|---|"]
-        out += [f"| {c['check']} | {_fmt(c['value'], 4)} | {c['op']} {c['limit']} | {'pass' if c['passed'] else 'FAIL'} |"
-                for c in checks]
-        out.append("")
-    out += ["## Steps", "", "| step | kind | status | seconds | notes |", "|---|---|---|---|---|"]
-    for record in summary["steps"]:
-        ran_for = manifests[record["id"]].get("seconds")
-        status = f"cached (ran {ran_for:.1f} s)" if record["status"] == "cached" and ran_for is not None else record["status"]
-        out.append(f"| {record['id']} | {record['step']} | {status} | {record['seconds']:.1f} | "
-                   f"{_step_note(record, manifests[record['id']])} |")
-    out += ["", "## Lineage (newest first)", "", "| step | file | sha256 (16) | data sha256 (16) |", "|---|---|---|---|"]
-    for link in _lineage(summary, manifests):
-        data = ", ".join(f"{k}: {v}" for k, v in link["data"].items())
-        out.append(f"| {link['step']} | {link['file']} {link['path']} | {link['sha256']} | {data} |")
-    return "\n".join(out) + "\n"
-
-
-def _html(summary, manifests, rows) -> str:
-    import markdown_it
-
-    render = markdown_it.MarkdownIt("commonmark").enable("table").render
-    # The plot goes right after the verdict, before the tables it summarises.
-    head, heading, tail = _markdown(summary, manifests, rows).partition("## Baseline")
-    body = render(head) + (_svg_plot(rows) if rows else "") + render(heading + tail)
-    verdict, _ = _verdict(summary)
-    colour = {"PASSED": "#1a7f37", "FAILED": "#cf222e"}.get(verdict, "#57606a")
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>slimops: {html.escape(summary['name'])}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #1f2328; }}
-table {{ border-collapse: collapse; margin: 1em 0; }} th, td {{ border: 1px solid #d0d7de; padding: 4px 8px; text-align: left; }}
-strong {{ color: {colour}; }} code {{ background: #f6f8fa; }}
-</style></head><body>
-{body}
-</body></html>
-"""
-
-
-def _svg_plot(rows: list[dict]) -> str:
-    """Metric vs batch-1 p50 latency; marker area proportional to size on disk."""
+def _plot(rows: list[dict]) -> dict:
+    """Metric vs batch-1 p50 latency; marker area proportional to size on disk. Coordinates only: the template
+    draws it, so the labels (model ids, metric name) are escaped like every other value."""
     width, height, pad = 760, 360, 60
     xs, ys = [r["p50"] for r in rows], [r["metric"] for r in rows]
     x_lo, x_hi = 0.0, max(xs) * 1.3  # room for the labels right of the markers
@@ -169,24 +172,77 @@ def _svg_plot(rows: list[dict]) -> str:
     def py(y):
         return height - pad - (y - y_lo) / (y_hi - y_lo) * (height - 2 * pad)
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-             f'aria-label="metric vs latency">',
-             f'<rect width="{width}" height="{height}" fill="white"/>',
-             f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#57606a"/>',
-             f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#57606a"/>',
-             f'<text x="{width / 2}" y="{height - 15}" text-anchor="middle" font-size="13">latency p50, batch 1 (ms)</text>',
-             f'<text x="15" y="{height / 2}" transform="rotate(-90 15 {height / 2})" text-anchor="middle" '
-             f'font-size="13">{html.escape(rows[0]["metric_name"])}</text>']
+    ticks = []
     for i in range(5):
         xv, yv = x_lo + (x_hi - x_lo) * i / 4, y_lo + (y_hi - y_lo) * i / 4
-        parts.append(f'<text x="{px(xv):.0f}" y="{height - pad + 16}" text-anchor="middle" font-size="11">{xv:.1f}</text>')
-        parts.append(f'<text x="{pad - 6}" y="{py(yv) + 4:.0f}" text-anchor="end" font-size="11">{yv:.2f}</text>')
+        ticks.append({"x": f"{px(xv):.0f}", "x_label": f"{xv:.1f}", "y": f"{py(yv) + 4:.0f}", "y_label": f"{yv:.2f}"})
+    points = []
     for r in rows:
         radius = 4 + 22 * math.sqrt(r["size"] / biggest)
-        colour = "#57606a" if r["model"] == "baseline" else "#0969da"
-        parts.append(f'<circle cx="{px(r["p50"]):.1f}" cy="{py(r["metric"]):.1f}" r="{radius:.1f}" fill="{colour}" '
-                     f'fill-opacity="0.35" stroke="{colour}"><title>{html.escape(r["model"])}: {r["size"]:.1f} MB</title></circle>')
-        parts.append(f'<text x="{px(r["p50"]) + radius + 4:.1f}" y="{py(r["metric"]) + 4:.1f}" font-size="12">'
-                     f'{html.escape(r["model"])} ({r["size"]:.0f} MB)</text>')
-    parts.append("</svg>")
-    return "\n".join(parts)
+        points.append({"cx": f"{px(r['p50']):.1f}", "cy": f"{py(r['metric']):.1f}", "r": f"{radius:.1f}",
+                       "colour": "#57606a" if r["model"] == "baseline" else "#0969da",
+                       "title": f"{r['model']}: {r['size']:.1f} MB",
+                       "label_x": f"{px(r['p50']) + radius + 4:.1f}", "label_y": f"{py(r['metric']) + 4:.1f}",
+                       "label": f"{r['model']} ({r['size']:.0f} MB)"})
+    return {"width": width, "height": height, "pad": pad, "x_axis": height - pad, "x_right": width - pad,
+            "x_title": f"{width / 2}", "x_title_y": height - 15, "y_title_y": f"{height / 2}",
+            "tick_label_y": height - pad + 16, "tick_label_x": pad - 6, "y_title": str(rows[0]["metric_name"]),
+            "ticks": ticks, "points": points}
+
+
+# ----------------------------------------------------------------------------- Markdown
+
+# Values stay text in the Markdown: a backslash or a pipe is backslash-escaped (a pipe would end the table cell),
+# line breaks become spaces (one would end the row), and "<" / ">" / "&" become entities wherever they could open
+# raw HTML, an autolink or a character reference. The comparison operators "<=" and ">=" (gate rules and
+# reasons) stay as written: neither can start a tag.
+_MD_ESCAPES = [
+    (re.compile(r"\\"), r"\\\\"),
+    (re.compile(r"\|"), r"\\|"),
+    (re.compile(r"\r\n|[\r\n\u2028\u2029\x0b\x0c\x85]"), " "),
+    (re.compile(r"&(?=[#A-Za-z0-9])"), "&amp;"),
+    (re.compile(r"<(?!=)"), "&lt;"),
+    (re.compile(r">(?!=)"), "&gt;"),
+]
+_MD_PLAIN = re.compile(r"[^`\\|<>&\r\n\u2028\u2029\x0b\x0c\x85]*")
+
+
+def _md(value) -> str:
+    text = str(value)
+    for pattern, replacement in _MD_ESCAPES:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _md_code(value) -> str:
+    """A code span for a plain value; anything that could close the span or needs escaping is escaped text."""
+    text = str(value)
+    return f"`{text}`" if _MD_PLAIN.fullmatch(text) else _md(text)
+
+
+def _md_row(cells) -> str:
+    return "| " + " | ".join(_md(cell) for cell in cells) + " |"
+
+
+def _markdown(report: dict) -> str:
+    gate = f" (step {_md_code(report['gate_step'])})" if report["gate_step"] is not None else ""
+    out = [f"# slimops run: {_md(report['name'])}", "", f"**Gate: {report['verdict']}**" + gate, ""]
+    out += [f"- {_md(r)}" for r in report["reasons"]] + ([""] if report["reasons"] else [])
+    out += [f"Recipe {_md_code(report['recipe'])}, finished {_md(report['finished'])}, {report['seconds']} s.", ""]
+    for table in report["tables"]:
+        out += [f"## {_md(table['title'])}", "", _md_row(table["header"]), "|" + "---|" * len(table["header"])]
+        out += [_md_row(row) for row in table["rows"]]
+        out.append("")
+    return "\n".join(out[:-1]) + "\n"
+
+
+# ----------------------------------------------------------------------------- HTML
+
+
+def _html(report: dict) -> str:
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("slimops", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    colour = {"PASSED": "#1a7f37", "FAILED": "#cf222e"}.get(report["verdict"], "#57606a")
+    return env.get_template(TEMPLATE).render(**report, colour=colour)
