@@ -8,21 +8,25 @@ GET /v2/models/{name}/canary (the split, the SLO window and whether the canary w
 canary's share. ``/versions/{v}/infer`` reaches one version directly and is not counted by the canary.
 
 Inference runs on a small thread pool (ONNX Runtime releases the GIL), so health checks and 4xx answers stay
-fast while models are busy. Any failure inside a model is answered 500 with a JSON error; the server goes on.
+fast while models are busy; scheduler.py decides who runs when. Every error is one line of JSON
+(``{"error": ...}``): 400/413 for a client's mistake, 401 without the token (auth.py), 408 for a body too
+slow to arrive, 503 + Retry-After when full, 504 past the time limit, 500 when a model fails. The server goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from slimops.serving.auth import BearerAuth
 from slimops.serving.canary import CanaryMonitor
+from slimops.serving.connections import http_protocol
+from slimops.serving.limits import Limits
 from slimops.serving.model import ServedModel
-from slimops.serving.oip import Limits, RequestError
+from slimops.serving.oip import RequestError, parse_json, quote
+from slimops.serving.scheduler import Overloaded, Scheduler, TimedOut
 
 
 @dataclass
@@ -46,27 +50,29 @@ class Endpoint:
         return "champion", self.champion
 
 
-def build_app(endpoint: Endpoint, limits: Limits = Limits(), workers: int = 2):
+def build_app(endpoint: Endpoint, limits: Limits = Limits(), workers: int = 2, token: str | None = None):
     from slimops import __version__
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slimops-infer")
+    scheduler = Scheduler(workers, limits)
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
+    def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse({"error": message.splitlines()[0][:1000] if message else ""}, status_code=status,
+                            headers=headers)
 
     def find(request) -> tuple[str, ServedModel] | JSONResponse:
         name, version = request.path_params["name"], request.path_params.get("version")
         if name != endpoint.name:
-            return error(404, f"model {name!r} is not served here; this server serves {endpoint.name!r}")
+            return error(404, f"model {quote(name)} is not served here; this server serves {endpoint.name!r}")
         if version is None:
             return "champion", endpoint.champion
         found = endpoint.versions().get(version)
         if found is None:
-            return error(404, f"model {name!r} has no version {version!r} here; served versions: "
+            return error(404, f"model {quote(name)} has no version {quote(version)} here; served versions: "
                               f"{', '.join(endpoint.versions())}")
         return found
 
@@ -107,7 +113,22 @@ def build_app(endpoint: Endpoint, limits: Limits = Limits(), workers: int = 2):
         if isinstance(found, JSONResponse):
             return found
         try:
-            body = await _read_json(request, limits)
+            raw = await _read_body(request, limits)
+        except RequestError as err:  # 408 and 413 leave the body unread: the connection cannot be reused
+            return error(err.status, str(err), {"Connection": "close"} if err.status in (408, 413) else None)
+        # Admitted once the body is in (a slow upload holds no place), refused before any parsing work.
+        try:
+            scheduler.admit()
+        except Overloaded as err:
+            return error(503, str(err), {"Retry-After": "1"})
+        try:
+            return await _answer(request, found, raw)
+        finally:
+            scheduler.leave()
+
+    async def _answer(request, found: tuple[str, ServedModel], raw: bytes):
+        try:
+            body = parse_json(raw)
         except RequestError as err:
             return error(err.status, str(err))
         direct = request.path_params.get("version") is not None
@@ -115,9 +136,13 @@ def build_app(endpoint: Endpoint, limits: Limits = Limits(), workers: int = 2):
         started = time.perf_counter()
         try:
             arrays, requested, request_id = model.parse(body, limits)
-            outputs = await asyncio.get_running_loop().run_in_executor(executor, model.infer, arrays, requested)
+            del body  # the parsed JSON can be many times the size of the arrays: not kept while waiting
+            outputs = await scheduler.infer(model, arrays, requested)
         except RequestError as err:  # the client's mistake: not the model's, never counted by the canary
             return error(err.status, str(err))
+        except TimedOut as err:  # too slow is a failure of the server, counted like one
+            _record(endpoint, role, direct, False, started)
+            return error(504, str(err))
         except Exception as err:  # the model failed: 500, counted, and the server goes on
             _record(endpoint, role, direct, False, started)
             return error(500, f"model {endpoint.name} version {model.version} failed: {type(err).__name__}: "
@@ -126,7 +151,7 @@ def build_app(endpoint: Endpoint, limits: Limits = Limits(), workers: int = 2):
         response = {"model_name": endpoint.name, "model_version": model.version, "outputs": outputs}
         if request_id is not None:
             response["id"] = request_id
-        return JSONResponse(response)
+        return await asyncio.to_thread(JSONResponse, response)  # a large answer renders off the event loop
 
     async def http_error(request, exc: HTTPException):
         return error(exc.status_code, exc.detail if isinstance(exc.detail, str) else "request refused")
@@ -148,8 +173,10 @@ def build_app(endpoint: Endpoint, limits: Limits = Limits(), workers: int = 2):
         Route(versioned + "/infer", infer, methods=["POST"]),
         Route(model + "/canary", canary, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: internal_error})
-    app.state.executor = executor
+    middleware = [Middleware(BearerAuth, token=token)] if token else []
+    app = Starlette(routes=routes, middleware=middleware,
+                    exception_handlers={HTTPException: http_error, Exception: internal_error})
+    app.state.scheduler = scheduler
     return app
 
 
@@ -158,52 +185,56 @@ def _record(endpoint: Endpoint, role: str, direct: bool, ok: bool, started: floa
         endpoint.monitor.record(role, ok, (time.perf_counter() - started) * 1000)
 
 
-async def _read_json(request, limits: Limits):
-    """The body as JSON; over the size limit, 413 without keeping the body.
+async def _read_body(request, limits: Limits) -> bytes:
+    """The body, if it arrives within ``body_timeout_s`` (else 408) and holds at most ``max_body_bytes`` (else 413).
 
-    An oversized body is read and dropped (up to ``_DRAIN_FACTOR`` times the limit) before answering, so the
-    client gets its 413 instead of a connection reset in the middle of its upload; nothing is buffered.
+    The deadline is what cuts off a client that sends its headers and then trickles the body. An oversized body
+    is read and dropped (up to ``_DRAIN_FACTOR`` times the limit) before answering, so the client gets its 413
+    instead of a connection reset in the middle of its upload; nothing is buffered.
     """
     declared = request.headers.get("content-length")
-    if declared is not None and not declared.isdigit():
-        raise RequestError("Content-Length is not a number")
+    if declared is not None and not (declared.isdigit() and len(declared) < 19):
+        raise RequestError(f"Content-Length {quote(declared)} is not a byte count this server takes")
     too_big = RequestError(f"request body of {declared or 'more than ' + str(limits.max_body_bytes)} bytes is over "
                            f"this server's limit of {limits.max_body_bytes} bytes; send smaller batches", status=413)
     drain_limit = limits.max_body_bytes * _DRAIN_FACTOR
     if declared is not None and int(declared) > drain_limit:
         raise too_big  # not worth reading: the connection is closed after the answer
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limits.max_body_bytes:
-            chunks = None
-            if size > drain_limit:
-                break
-        elif chunks is not None:
-            chunks.append(chunk)
+    chunks: list[bytes] | None = []
+    size = 0
+    try:
+        async with asyncio.timeout(limits.body_timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limits.max_body_bytes:
+                    chunks = None
+                    if size > drain_limit:
+                        break
+                elif chunks is not None:
+                    chunks.append(chunk)
+    except TimeoutError:
+        raise RequestError(f"the request body did not arrive within {limits.body_timeout_s:g} s", status=408) from None
     if chunks is None:
         raise too_big
-    try:
-        return json.loads(b"".join(chunks))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RequestError(f"the request body is not valid JSON ({getattr(err, 'msg', None) or err})") from None
-    except RecursionError:
-        raise RequestError("the request body nests too deeply") from None
+    return b"".join(chunks)
 
 
 _DRAIN_FACTOR = 8
 
 
 def serve(endpoint: Endpoint, host: str = "127.0.0.1", port: int = 8080, limits: Limits = Limits(),
-          workers: int = 2) -> None:
+          workers: int = 2, token: str | None = None) -> None:
     """Run the server in the foreground until interrupted."""
     import uvicorn
 
-    app = build_app(endpoint, limits, workers)
+    app = build_app(endpoint, limits, workers, token)
     challenger = ""
     if endpoint.challenger is not None and endpoint.monitor is not None:
         challenger = f" and version {endpoint.challenger.version} (challenger, {endpoint.monitor.percent:g}% canary)"
     print(f"slimops: serving {endpoint.name} version {endpoint.champion.version} (champion){challenger} on "
-          f"http://{host}:{port}/v2/models/{endpoint.name}", file=sys.stderr, flush=True)
+          f"http://{host}:{port}/v2/models/{endpoint.name}{' (bearer token required)' if token else ''}",
+          file=sys.stderr, flush=True)
     # One process: the canary's window and the split live in this process's memory.
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, workers=None)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, workers=None,
+                http=http_protocol(limits.idle_timeout_s), timeout_keep_alive=limits.idle_timeout_s,
+                limit_concurrency=limits.max_connections)

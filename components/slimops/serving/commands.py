@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from slimops.errors import EXIT_OK, BadInput
+from slimops.serving.limits import Limits
 
 
 def add_commands(sub) -> None:
@@ -30,12 +31,32 @@ def add_commands(sub) -> None:
     canary.add_argument("--window-s", type=float, help="sliding window, seconds")
     canary.add_argument("--audit-log", help="model-directory mode: append canary rollbacks to this JSONL file")
     server = serve.add_argument_group("server")
-    server.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
+    server.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only; any "
+                                                            "other needs --token-file)")
     server.add_argument("--port", type=int, default=8080)
+    server.add_argument("--token-file", help="file holding a secret token: requests must send 'Authorization: "
+                                             "Bearer <token>' (health checks excepted)")
     server.add_argument("--workers", type=int, default=2, help="inference threads (default 2)")
     server.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads per model (default 1)")
-    server.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024, help="larger requests get 413")
-    server.add_argument("--max-batch", type=int, default=64, help="larger batches get 413")
+    d = Limits()
+    limits = serve.add_argument_group("limits (over a size limit: 413; full: 503 + Retry-After; too slow: 504 / 408)")
+    limits.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help=f"default {d.max_body_bytes}")
+    limits.add_argument("--max-batch", type=int, default=d.max_batch, help=f"rows per request (default {d.max_batch})")
+    limits.add_argument("--max-elements", type=int, default=d.max_elements,
+                        help=f"tensor elements per request, inputs and outputs each (default {d.max_elements})")
+    limits.add_argument("--max-inflight", type=int, default=d.max_inflight,
+                        help=f"requests running or waiting at once (default {d.max_inflight})")
+    limits.add_argument("--chunk-rows", type=int, default=d.chunk_rows,
+                        help=f"rows a batch runs at a time, taking turns with other requests (default {d.chunk_rows})")
+    limits.add_argument("--max-connections", type=int, default=d.max_connections,
+                        help=f"open connections (default {d.max_connections})")
+    limits.add_argument("--request-timeout", type=float, default=d.request_timeout_s,
+                        help=f"seconds a request may wait and run (default {d.request_timeout_s:g})")
+    limits.add_argument("--body-timeout", type=float, default=d.body_timeout_s,
+                        help=f"seconds for a request body to arrive (default {d.body_timeout_s:g})")
+    limits.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s,
+                        help=f"seconds a connection may go without sending request headers (default "
+                             f"{d.idle_timeout_s:g})")
     serve.set_defaults(func=cmd_serve)
 
     promote = sub.add_parser("promote", help="move the registry's champion to a registered, gated version (audited)")
@@ -83,14 +104,23 @@ def cmd_serve(args) -> int:
 
     from slimops.core import validation_message
     from slimops.serving.app import Endpoint, serve
+    from slimops.serving.auth import check_exposure, read_token
     from slimops.serving.canary import CanaryMonitor, CanaryPolicy
     from slimops.serving.model import ServedModel
-    from slimops.serving.oip import Limits
 
-    for flag, value in (("--port", args.port), ("--workers", args.workers), ("--threads", args.threads),
-                        ("--max-body-bytes", args.max_body_bytes), ("--max-batch", args.max_batch)):
-        if value < (0 if flag == "--port" else 1) or (flag == "--port" and value > 65535):
-            raise BadInput(f"{flag} {value} is out of range")
+    # Checked before any model loads, and long before anything listens.
+    check_exposure(args.host, args.token_file)
+    token = read_token(args.token_file) if args.token_file is not None else None
+    limits = Limits(max_body_bytes=args.max_body_bytes, max_batch=args.max_batch, max_elements=args.max_elements,
+                    max_inflight=args.max_inflight, chunk_rows=args.chunk_rows, max_connections=args.max_connections,
+                    request_timeout_s=args.request_timeout, body_timeout_s=args.body_timeout,
+                    idle_timeout_s=args.idle_timeout)
+    if not 0 <= args.port <= 65535:
+        raise BadInput(f"--port {args.port} is out of range")
+    for flag in ("workers", "threads", "max_body_bytes", "max_batch", "max_elements", "max_inflight", "chunk_rows",
+                 "max_connections", "request_timeout", "body_timeout", "idle_timeout"):
+        if not getattr(args, flag) > 0:
+            raise BadInput(f"--{flag.replace('_', '-')} {getattr(args, flag)} is out of range (it must be above 0)")
     if bool(args.registry) == bool(args.champion):
         raise BadInput("give either --registry DIR (serve its champion and challenger) or --champion DIR "
                        "[--challenger DIR]")
@@ -142,6 +172,5 @@ def cmd_serve(args) -> int:
     except ValidationError as err:
         raise BadInput(validation_message(err, "canary policy")) from None
     monitor = CanaryMonitor(policy, on_rollback) if challenger is not None else None
-    limits = Limits(max_body_bytes=args.max_body_bytes, max_batch=args.max_batch)
-    serve(Endpoint(name, champion, challenger, monitor), args.host, args.port, limits, args.workers)
+    serve(Endpoint(name, champion, challenger, monitor), args.host, args.port, limits, args.workers, token)
     return EXIT_OK

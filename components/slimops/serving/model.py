@@ -17,7 +17,8 @@ import numpy as np
 
 from slimops.errors import BadInput
 from slimops.handlers import describe, load
-from slimops.serving.oip import Limits, RequestError, TensorSpec, parse_request, spec_from_ort, tensor_output
+from slimops.serving.limits import Limits
+from slimops.serving.oip import RequestError, TensorSpec, parse_request, quote, spec_from_ort, tensor_output
 
 TEXT_INPUT = "text"
 EMBEDDING_OUTPUT = "embedding"
@@ -61,34 +62,52 @@ class ServedModel:
         arrays, requested, request_id = parse_request(body, self.inputs, limits, self.alternatives)
         unknown = [name for name in requested or [] if name not in self.outputs]
         if unknown:
-            raise RequestError(f"unknown output(s) {', '.join(unknown)}; this model gives {', '.join(self.outputs)}")
+            raise RequestError(f"unknown output(s) {', '.join(map(quote, unknown[:5]))}; this model gives "
+                               f"{', '.join(self.outputs)}")
         if self.text and TEXT_INPUT not in arrays:
             self._check_tokens(arrays)
         return arrays, requested, request_id
 
-    def infer(self, arrays: dict[str, np.ndarray], requested: list[str] | None) -> list[dict]:
-        """Run the model (in a worker thread). Client mistakes the graph finds are RequestError; anything else
-        is the model's failure and propagates (the server answers 500 and the canary counts it)."""
+    def feeds(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The graph's inputs for a validated request: a text model's ``text`` is tokenized here, once for the
+        whole batch, so every chunk is padded alike and the answer is the one an unchunked run gives."""
+        if not (self.text and TEXT_INPUT in arrays):
+            return arrays
+        texts = [str(t) for t in arrays[TEXT_INPUT].reshape(-1)]
+        with self._tokenizer_lock:
+            encoded = self.runnable.tokenize(texts)
+        return {name: encoded[name].astype(np.int64) for name in self.inputs if name in encoded}
+
+    def run_options(self):
+        """Per-request ONNX Runtime options: ``terminate`` stops a timed-out run between two nodes, and the
+        arena shrinkage hands a large batch's buffers back after each run instead of keeping them for good."""
+        import onnxruntime as ort
+
+        options = ort.RunOptions()
+        options.log_severity_level = 4  # a terminated run is expected, not an error worth a log line
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        return options
+
+    def run(self, feeds: dict[str, np.ndarray], names: list[str], options=None) -> dict[str, np.ndarray]:
+        """Run one chunk (in a worker thread): the requested outputs by name. Client mistakes the graph finds
+        are RequestError; anything else is the model's failure and propagates (500, counted by the canary)."""
         from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
-        if self.text and TEXT_INPUT in arrays:
-            texts = [str(t) for t in arrays[TEXT_INPUT].reshape(-1)]
-            with self._tokenizer_lock:
-                encoded = self.runnable.tokenize(texts)
-            arrays = {name: encoded[name].astype(np.int64) for name in self.inputs if name in encoded}
-        names = requested or self.default_outputs
         wanted = [n for n in self.graph_output_names
                   if n in names or (EMBEDDING_OUTPUT in names and n == self.graph_output_names[0])]
         try:
-            values = dict(zip(wanted, self.session.run(wanted, arrays)))
+            values = dict(zip(wanted, self.session.run(wanted, feeds, options)))
         except InvalidArgument as err:
             raise RequestError(f"the model refused the input: {str(err).splitlines()[0][:300]}") from None
         if EMBEDDING_OUTPUT in names:
-            mask = arrays.get("attention_mask")
+            mask = feeds.get("attention_mask")
             if mask is None:
                 mask = np.ones(values[self.graph_output_names[0]].shape[:2], dtype=np.int64)
             values[EMBEDDING_OUTPUT] = self.runnable.finish(values[self.graph_output_names[0]].astype(np.float32), mask)
-        return [tensor_output(name, values[name]) for name in names]
+        return {name: values[name] for name in names}
+
+    def output_names(self, requested: list[str] | None) -> list[str]:
+        return requested or self.default_outputs
 
     def _check_tokens(self, arrays: dict[str, np.ndarray]) -> None:
         """Token ids outside the embedding tables would make ONNX Runtime fail inside a Gather: a client

@@ -12,10 +12,15 @@ mistake against a model.
 
 from __future__ import annotations
 
+import json
 import math
+import reprlib
+import sys
 from dataclasses import dataclass
 
 import numpy as np
+
+from slimops.serving.limits import Limits
 
 # OIP datatype <-> numpy dtype. BYTES is text here (UTF-8 strings in JSON).
 DATATYPES = {
@@ -38,6 +43,37 @@ class RequestError(Exception):
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
+
+
+# A client's values quoted in an error message are cut short: an error never echoes megabytes back.
+_short = reprlib.Repr()
+_short.maxstring, _short.maxother, _short.maxlist, _short.maxlevel = 60, 60, 6, 2
+
+
+def quote(value) -> str:
+    return _short.repr(value)
+
+
+def parse_json(raw: bytes):
+    """A request body as JSON; anything that is not plain, finite JSON is the client's mistake (400).
+
+    Python's json accepts NaN and Infinity, and raises ValueError (not a JSON error) on an integer longer than
+    its int-to-string limit (4300 digits): both are refused here. Shorter integers beyond 64 bits are refused
+    where the tensor is built (``_to_array``).
+    """
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RequestError(f"the request body is not valid JSON ({getattr(err, 'msg', None) or err})") from None
+    except RecursionError:
+        raise RequestError("the request body nests too deeply") from None
+    except ValueError:  # only the integer digit limit: JSON's own errors are JSONDecodeError
+        raise RequestError(f"the request body holds an integer of more than {sys.get_int_max_str_digits()} "
+                           "digits; integers must fit in 64 bits") from None
+
+
+def _refuse_constant(name: str):
+    raise RequestError(f"{name} is not a number this server accepts (JSON has no NaN or Infinity)")
 
 
 @dataclass(frozen=True)
@@ -63,13 +99,6 @@ def spec_from_ort(node) -> TensorSpec:
     """An ORT NodeArg (name, type, shape with ints, strings or None) -> TensorSpec with -1 for free dims."""
     shape = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in (node.shape or []))
     return TensorSpec(node.name, datatype_of_ort(node.type), shape)
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_body_bytes: int = 8 * 1024 * 1024
-    max_batch: int = 64  # the first dimension of every input
-    max_elements: int = 1_000_000  # per input tensor
 
 
 def parse_request(body, specs: dict[str, TensorSpec], limits: Limits,
@@ -101,10 +130,11 @@ def parse_request(body, specs: dict[str, TensorSpec], limits: Limits,
         name = item.get("name")
         if name not in expected:
             known = ", ".join(list(specs) + list(alternatives))
-            raise RequestError(f"inputs[{index}]: unknown input {name!r}; this model takes {known}")
+            raise RequestError(f"inputs[{index}]: unknown input {quote(name)}; this model takes {known}")
         if name in arrays:
             raise RequestError(f"inputs[{index}]: input {name!r} is given twice")
-        arrays[name] = _parse_tensor(item, expected[name], index, limits)
+        used = sum(arr.size for arr in arrays.values())
+        arrays[name] = _parse_tensor(item, expected[name], index, limits, used)
     missing = [name for name in expected if name not in arrays]
     if missing:
         raise RequestError(f"missing input(s) {', '.join(missing)}; this model needs "
@@ -122,11 +152,12 @@ def parse_request(body, specs: dict[str, TensorSpec], limits: Limits,
     return arrays, requested, request_id
 
 
-def _parse_tensor(item: dict, spec: TensorSpec, index: int, limits: Limits) -> np.ndarray:
+def _parse_tensor(item: dict, spec: TensorSpec, index: int, limits: Limits, used: int = 0) -> np.ndarray:
+    """One input tensor; ``used`` is how many elements the request's earlier inputs hold."""
     where = f"inputs[{index}] ({spec.name})"
     datatype = item.get("datatype")
     if datatype not in DATATYPES:
-        raise RequestError(f"{where}: datatype {datatype!r} is not an Open Inference Protocol datatype "
+        raise RequestError(f"{where}: datatype {quote(datatype)} is not an Open Inference Protocol datatype "
                            f"({', '.join(DATATYPES)})")
     if datatype != spec.datatype:
         raise RequestError(f"{where}: datatype {datatype} does not match the model's {spec.datatype}; "
@@ -135,7 +166,7 @@ def _parse_tensor(item: dict, spec: TensorSpec, index: int, limits: Limits) -> n
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise RequestError(f"{where}: 'shape' must be a list of non-negative integers")
     if len(shape) != len(spec.shape):
-        raise RequestError(f"{where}: shape {shape} has {len(shape)} dimensions, the model takes "
+        raise RequestError(f"{where}: shape {quote(shape)} has {len(shape)} dimensions, the model takes "
                            f"{len(spec.shape)} ({list(spec.shape)}, -1 = any)")
     for axis, (got, want) in enumerate(zip(shape, spec.shape)):
         if want >= 0 and got != want:
@@ -145,8 +176,9 @@ def _parse_tensor(item: dict, spec: TensorSpec, index: int, limits: Limits) -> n
         raise RequestError(f"{where}: batch {shape[0]} is over this server's limit of {limits.max_batch}; "
                            "split the request", status=413)
     count = math.prod(shape)
-    if count > limits.max_elements:
-        raise RequestError(f"{where}: {count} elements is over this server's limit of {limits.max_elements}", status=413)
+    if used + count > limits.max_elements:
+        raise RequestError(f"{where}: the request's inputs hold {used + count} elements, over this server's limit "
+                           f"of {limits.max_elements}; send fewer rows", status=413)
     if count == 0:
         raise RequestError(f"{where}: shape {shape} holds no elements")
     if "data" not in item:
@@ -164,9 +196,12 @@ def _to_array(data, datatype: str, shape: list[int], where: str) -> np.ndarray:
         return np.array(flat, dtype=object).reshape(shape)
     try:
         raw = np.asarray(data)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise RequestError(f"{where}: 'data' is not a regular array of numbers") from None
     if raw.dtype == object or raw.dtype.kind in "USV":
+        big = next((v for v in _flatten(data, where) if type(v) is int and not -2**63 <= v < 2**64), None)
+        if big is not None:
+            raise RequestError(f"{where}: integer {quote(big)} does not fit in 64 bits")
         raise RequestError(f"{where}: 'data' must hold only numbers for {datatype} (ragged lists, strings and "
                            "nulls are refused)")
     allowed = {"BOOL": "b"}.get(datatype, "iu" if datatype.startswith(("INT", "UINT")) else "iuf")
@@ -176,14 +211,17 @@ def _to_array(data, datatype: str, shape: list[int], where: str) -> np.ndarray:
     if raw.size != math.prod(shape):
         raise RequestError(f"{where}: {raw.size} values do not fill shape {shape} ({math.prod(shape)} needed)")
     dtype = np.dtype(DATATYPES[datatype])
+    # Checked before the cast, which would wrap integers and turn large floats into infinities.
     if dtype.kind in "iu" and raw.size:
         info = np.iinfo(dtype)
         if raw.min() < info.min or raw.max() > info.max:
-            raise RequestError(f"{where}: values out of range for {datatype}")
-    array = raw.astype(dtype).reshape(shape)
-    if dtype.kind == "f" and not np.isfinite(array).all():
-        raise RequestError(f"{where}: data holds values that are not finite in {datatype}")
-    return array
+            raise RequestError(f"{where}: values out of range for {datatype} ([{info.min}, {info.max}])")
+    if dtype.kind == "f" and raw.size:
+        top = float(np.finfo(dtype).max)
+        if not np.isfinite(raw).all() or raw.max() > top or raw.min() < -top:
+            raise RequestError(f"{where}: data holds values that are not finite in {datatype} "
+                               f"(beyond +-{top:.4g})")
+    return raw.astype(dtype).reshape(shape)
 
 
 def _flatten(data, where: str) -> list:
