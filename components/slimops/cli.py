@@ -13,19 +13,34 @@ from slimops.errors import EXIT_INTERNAL, EXIT_OK, GateFailed, SlimopsError, Bad
 
 
 def _parse_sets(pairs: list[str]) -> dict:
-    """``--set a.b=1 --set mode=static`` -> {"a": {"b": 1}, "mode": "static"}; values parsed as YAML."""
-    import yaml
+    """``--set a.b=1 --set mode=static`` -> {"a": {"b": 1}, "mode": "static"}; values parsed as YAML (bounded,
+    no tags). A key set both as a value and as a table (``--set a=1 --set a.b=2``) is refused, in either order."""
+    from slimops.formats import quoted
+    from slimops.yamlsafe import load_yaml
 
     config: dict = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise BadInput(f"--set {pair!r} is not key=value; write e.g. --set mode=static")
-        node = config
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw) if raw else ""
+            raise BadInput(f"--set {quoted(pair)} is not key=value; write e.g. --set mode=static")
+        parts = key.split(".")
+        if not all(part.strip() for part in parts):
+            raise BadInput(f"--set {quoted(key)}: empty part in the dotted key; write e.g. --set gate.min_speedup=2")
+        value = load_yaml(raw, f"--set {key}", "value of") if raw else ""
+        node, path = config, ()
+        for part in parts[:-1]:
+            path += (part,)
+            if part not in node:
+                node[part] = {}
+            elif not isinstance(node[part], dict):
+                raise BadInput(f"--set {quoted(key)} conflicts with --set {'.'.join(path)}={quoted(node[part], 40)}: "
+                               f"{'.'.join(path)} cannot be both a value and a table; give one of them")
+            node = node[part]
+        leaf = parts[-1]
+        if leaf in node and (isinstance(node[leaf], dict) or isinstance(value, dict)):
+            raise BadInput(f"--set {quoted(key)} conflicts with an earlier --set {key}.* or {key}=: {key} cannot be "
+                           "both a value and a table; give one of them")
+        node[leaf] = value
     return config
 
 
@@ -38,18 +53,12 @@ def _merge(base: dict, extra: dict) -> dict:
 def _load_config_file(path: str | None) -> dict:
     if not path:
         return {}
-    import yaml
+    from slimops.yamlsafe import load_yaml_file
 
     file = Path(path)
     if not file.is_file():
         raise BadInput(f"config file not found: {file}")
-    try:
-        data = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{file}:{mark.line + 1}" if mark else str(file)
-        raise BadInput(f"config file {where} is not valid YAML/JSON ({getattr(err, 'problem', None) or 'syntax error'}); "
-                       "fix the syntax") from None
+    data = load_yaml_file(file, "config file") or {}
     if not isinstance(data, dict):
         raise BadInput(f"config file {file} must hold a mapping of option: value")
     return data
@@ -192,12 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="exit: a failed gate exits 3 (default); continue: exit 0, the pipeline branches on --gate-output")
     step.add_argument("--gate-output", metavar="FILE", help="write the gate verdict there as true/false")
     step.add_argument("--metrics-output", metavar="FILE", help="write the step's metrics there as JSON")
+    step.add_argument("--allow-factory", action="append", default=[], metavar="MODULE",
+                      help="trust model factories from this module (or module:callable); see README 'Threat model'")
     step.set_defaults(func=cmd_step)
 
     source = sub.add_parser("source", help="materialise a recipe's model section as a model directory")
     source.add_argument("--out", required=True, help="output directory (written atomically)")
     source.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="model fields: package=..., or factory=... kwargs=... input_shape=... num_labels=...")
+    source.add_argument("--allow-factory", action="append", default=[], metavar="MODULE",
+                        help="trust model factories from this module (or module:callable)")
     source.set_defaults(func=cmd_source)
 
     run = sub.add_parser("run", help="run a recipe locally")
@@ -223,21 +236,61 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from packages or disk, never a hub
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = None
     try:
         args = build_parser().parse_args(argv)
+        if getattr(args, "allow_factory", None):
+            from slimops import factories
+
+            factories.allow(args.allow_factory)
         return args.func(args)
     except GateFailed as err:
-        print(f"slimops: {err}", file=sys.stderr)
+        print(_one_line("slimops: ", err), file=sys.stderr)
         if err.report_path:
             print(f"slimops: gate report: {err.report_path}", file=sys.stderr)
         return err.exit_code
     except SlimopsError as err:
-        print(f"slimops: error: {err}", file=sys.stderr)
+        print(_one_line("slimops: error: ", err), file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("slimops: interrupted; no partial output was kept", file=sys.stderr)
         return 130
     except Exception as err:  # an internal error: say so, keep the traceback for a bug report
+        full = _no_space(err)
+        if full is not None:  # a full disk is not a bug: the output was removed, say where space ran out
+            print(_one_line("slimops: error: ", full + f", writing {getattr(args, 'out', None) or 'the output'}; "
+                            "nothing was kept: free space there or write --out to another file system"),
+                  file=sys.stderr)
+            return BadInput.exit_code
         traceback.print_exc()
         print(f"slimops: internal error: {type(err).__name__}: {err}", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+MAX_MESSAGE = 1000
+
+
+def _one_line(prefix: str, err) -> str:
+    """The contract's last line of defence: one line, at most MAX_MESSAGE characters, whatever the message."""
+    text = prefix + " ".join(str(err).split())
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def _no_space(err: BaseException) -> str | None:
+    """'no space left on device (<path>)' when ``err`` (or what caused it) is a full disk or an exhausted quota.
+    Libraries that write in C/C++/Rust (torch, onnx, safetensors) raise their own types with the OS message."""
+    import errno
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            # not err.filename: a copy that fails names its source, which would point at the wrong disk
+            return "disk quota exceeded" if err.errno == errno.EDQUOT else "no space left on device"
+        text = str(err)
+        if any(sign in text for sign in ("No space left on device", "os error 28", "StorageFull")):
+            return "no space left on device"
+        if any(sign in text for sign in ("Disk quota exceeded", "os error 122")):
+            return "disk quota exceeded"
+        err = err.__cause__ or err.__context__
+    return None

@@ -11,8 +11,8 @@ from pydantic import ValidationError
 
 from slimops.errors import BadInput, GateFailed
 from slimops.handlers.info import describe
-from slimops.manifest import (MANIFEST, atomic_dir, digest_of, hash_tree, library_versions, read_manifest,
-                              write_json_atomic)
+from slimops.manifest import (MANIFEST, atomic_dir, check_out, digest_of, hash_tree, library_versions,
+                              read_manifest, scratch_dir, write_json_atomic)
 from slimops.steps import StepConfig, StepContext, get_step
 
 GATE_REPORT = "gate_report.json"
@@ -20,10 +20,13 @@ GATE_REPORT = "gate_report.json"
 
 def validation_message(err: ValidationError, where: str) -> str:
     """First pydantic error as one line: ``where.path.to.key: what``."""
+    from slimops.formats import quoted
+
     first = err.errors()[0]
-    loc = ".".join(str(part) for part in first["loc"])
+    # Both the key path and the value come from the user: quote them capped, never whole.
+    loc = ".".join(str(part) if len(str(part)) <= 80 else str(part)[:77] + "..." for part in first["loc"])
     what = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-    return f"{where}{'.' + loc if loc else ''}: {what}" + (f" (got {first['input']!r})" if first["type"] != "extra_forbidden" and not isinstance(first.get("input"), dict) else "")
+    return f"{where}{'.' + loc if loc else ''}: {what}" + (f" (got {quoted(first['input'])})" if first["type"] != "extra_forbidden" and not isinstance(first.get("input"), dict) else "")
 
 
 def parse_config(step_name: str, config: dict, where: str | None = None) -> StepConfig:
@@ -80,14 +83,14 @@ def run_step(step_name: str, model: Path, out: Path, config: dict | StepConfig,
     for path in inputs.values():
         describe(path)
     out = Path(out)
-    if out.absolute() == model.absolute() or model.absolute() in out.absolute().parents:
-        raise BadInput(f"--out {out} is inside the input model directory {model}; write the output somewhere else")
+    data_files = [Path(spec.path) for spec in _data_specs(cfg).values() if spec.path]
+    check_out(out, {"model": model, **inputs}, data_files)
 
     parent = lineage_of(model)
     started = time.perf_counter()
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp, scratch_dir(out) as work:
         ctx = StepContext(model_dir=model, model_info=info, out_dir=tmp, inputs=inputs, threads=threads,
-                          final_out=out.absolute())
+                          final_out=out.absolute(), work_dir=work)
         result = step_cls().run(ctx, cfg)
         manifest = {
             "step": step_name,

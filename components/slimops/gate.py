@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import hashlib
+import hmac
+import json
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from slimops.errors import GateFailed
+from slimops.manifest import MANIFEST, hash_tree, strict_json
 
 
 class GatePolicy(BaseModel):
@@ -43,32 +52,108 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
+SIGNING_KEY_ENV = "SLIMOPS_GATE_KEY"
+REPORT = "gate_report.json"
+
+
+def sign(report: dict) -> dict:
+    """``report`` with an HMAC-SHA256 signature when ``$SLIMOPS_GATE_KEY`` is set (else unchanged)."""
+    key = os.environ.get(SIGNING_KEY_ENV)
+    if not key:
+        return report
+    return {**report, "signature": {"alg": "hmac-sha256", "value": _mac(key, report)}}
+
+
+def _mac(key: str, report: dict) -> str:
+    body = {k: v for k, v in report.items() if k != "signature"}
+    canonical = json.dumps(strict_json(body), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hmac.new(key.encode(), canonical.encode(), hashlib.sha256).hexdigest()
+
+
 def require_passing_gate(model_dir) -> dict:
-    """The gate report of a validated model directory, if it passed and still describes these exact files.
+    """The gate report of a validated model directory, if its evidence holds together and the gate passed.
 
-    promote and deploy call this before they touch a registry or an endpoint: a model without a report, with a
-    failed report, or whose files changed after validation (hashes differ) raises GateFailed (exit 3).
+    promote, register and deploy call this before they touch a registry or an endpoint. The report is not
+    taken at its word: GateFailed (exit 3, saying what differs) unless
+    - the report passed, and its verdict, checks and reasons follow from its own policy and measurements;
+    - it is byte for byte the report the validate step recorded (the sha256 in every manifest from this
+      directory's back to validate's), and validate's manifest holds the same verdict, policy and metrics;
+    - the files are the ones validated (sha256 of each);
+    - with ``$SLIMOPS_GATE_KEY`` set, its HMAC signature is valid.
     """
-    import json
-    from pathlib import Path
-
-    from slimops.errors import GateFailed
-    from slimops.manifest import MANIFEST, hash_tree
-
     model_dir = Path(model_dir)
-    report_path = model_dir / "gate_report.json"
+    report_path = model_dir / REPORT
     if not report_path.is_file():
-        raise GateFailed(f"{model_dir} has no gate_report.json; only the output of a validate step whose gate "
+        raise GateFailed(f"{model_dir} has no {REPORT}; only the output of a validate step whose gate "
                          "passed can be promoted or deployed")
-    report = json.loads(report_path.read_text())
-    if not report.get("passed"):
-        raise GateFailed(f"{model_dir}: the gate failed ({'; '.join(report.get('reasons', [])) or 'no reason given'}); "
-                         "a failed model is never promoted", report_path=report_path)
+    report = _load_report(report_path)
+    if report.get("passed") is not True:
+        raise GateFailed(f"{model_dir}: the gate failed ({'; '.join(map(str, report.get('reasons') or []))[:300] or 'no reason given'}); "
+                         "a failed model is never promoted")
+    _check_verdict(report, report_path)
+    _check_recorded(model_dir, report_path, report)
     expected = report.get("candidate_files") or {}
-    actual = hash_tree(model_dir, skip=(MANIFEST, "gate_report.json"))
+    actual = hash_tree(model_dir, skip=(MANIFEST, REPORT))
     if expected != actual:
-        changed = sorted(set(expected.items()) ^ set(actual.items()))
-        names = sorted({name for name, _ in changed})
-        raise GateFailed(f"{model_dir}: files differ from the ones the gate passed ({', '.join(names[:5])}); "
-                         "validate this exact artifact again", report_path=report_path)
+        names = sorted(n for n in set(expected) | set(actual) if expected.get(n) != actual.get(n))
+        raise GateFailed(f"{model_dir}: files differ from the ones the gate passed ({', '.join(names[:5])[:200]}); "
+                         "validate this exact artifact again")
+    key = os.environ.get(SIGNING_KEY_ENV)
+    if key:
+        signature = report.get("signature") if isinstance(report.get("signature"), dict) else {}
+        if not hmac.compare_digest(str(signature.get("value", "")), _mac(key, report)):
+            raise GateFailed(f"{report_path}: the signature is missing or invalid for ${SIGNING_KEY_ENV}; "
+                             "validate the model again with the same key")
     return report
+
+
+def _load_report(path: Path) -> dict:
+    try:
+        report = json.loads(path.read_bytes())
+    except (ValueError, RecursionError):
+        raise GateFailed(f"{path} is not valid JSON; validate the model again") from None
+    if not isinstance(report, dict):
+        raise GateFailed(f"{path} is not a gate report; validate the model again")
+    return report
+
+
+def _check_verdict(report: dict, path: Path) -> None:
+    """The verdict must follow from the report's own rules and measurements."""
+    try:
+        policy = GatePolicy.model_validate(report.get("policy"))
+        rows = check(policy, report.get("metrics") or {})
+    except (ValidationError, KeyError, TypeError):
+        raise GateFailed(f"{path}: its policy or metrics are not what validate writes; validate the model again") from None
+    if rows != report.get("checks"):
+        raise GateFailed(f"{path}: its checks do not follow from its policy and metrics; the report was edited, "
+                         "validate the model again")
+    if not all(row["passed"] for row in rows) or reasons(rows) != report.get("reasons"):
+        raise GateFailed(f"{path}: 'passed' does not follow from its own checks ({'; '.join(reasons(rows))[:200]}); "
+                         "the report was edited, validate the model again")
+
+
+def _check_recorded(model_dir: Path, path: Path, report: dict) -> None:
+    """The report is the one validate wrote: each manifest down the lineage to validate's records its sha256."""
+    from slimops.manifest import read_manifest, sha256_file
+
+    sha = sha256_file(path)
+    try:
+        manifest = read_manifest(model_dir)
+    except Exception:
+        manifest = None
+    while manifest is not None:
+        recorded = (manifest.get("outputs") or {}).get(REPORT)
+        if recorded != sha:
+            raise GateFailed(f"{path} (sha256 {sha[:12]}) is not the report the {manifest.get('step', '?')} step "
+                             f"recorded ({str(recorded)[:12]}); the report was edited, validate the model again")
+        if manifest.get("gate") is not None:
+            gate = manifest["gate"]
+            config_gate = (manifest.get("config") or {}).get("gate")
+            if (gate.get("passed") is not True or gate.get("reasons") != report.get("reasons")
+                    or config_gate != report.get("policy") or manifest.get("metrics") != report.get("metrics")):
+                raise GateFailed(f"{path}: the {manifest.get('step')} manifest records another verdict, policy or "
+                                 "metrics; validate the model again")
+            return
+        manifest = manifest.get("parent") if isinstance(manifest.get("parent"), dict) else None
+    raise GateFailed(f"{model_dir}: no manifest records the validate step that wrote {REPORT}; only the output "
+                     "of a validate step (or of register/promote after it) can be promoted")

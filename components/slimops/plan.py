@@ -38,6 +38,7 @@ class StepCall:
     config: dict  # the step's config; data paths relative to the recipe directory
     after_gate: bool  # part of the promotion branch: runs only when the gate passed
     placement: dict | None = None  # accelerator / node selector / tolerations on an orchestrator (the step's or the recipe's)
+    allow_factories: tuple[str, ...] = ()  # the recipe's allow_factories, passed on to the step process
 
     @property
     def gated(self) -> bool:
@@ -64,6 +65,8 @@ class StepCall:
             argv += ["--set", f"{key}={json.dumps(value, sort_keys=True)}"]
         if threads:
             argv += ["--threads", str(threads)]
+        for entry in self.allow_factories:
+            argv += ["--allow-factory", entry]
         if gate_output is not None and self.gated:
             argv += ["--on-gate-fail", "continue", "--gate-output", gate_output]
         if metrics_output is not None:
@@ -78,6 +81,7 @@ class Plan:
     model: dict  # the recipe's model section (ModelSource fields)
     threads: int | None
     calls: list[StepCall] = field(default_factory=list)
+    allow_factories: tuple[str, ...] = ()
 
     @property
     def recipe_dir(self) -> Path:
@@ -104,6 +108,8 @@ class Plan:
             model["path"] = os.path.normpath(os.path.join(str(recipe_dir), model["path"]))
         for key, value in sorted(model.items()):
             argv += ["--set", f"{key}={json.dumps(value, sort_keys=True)}"]
+        for entry in self.allow_factories:
+            argv += ["--allow-factory", entry]
         return argv
 
 
@@ -123,12 +129,14 @@ def plan_recipe(recipe: Recipe | str | Path, require_gate: bool = True) -> Plan:
     calls = [StepCall(id=s.id, step=s.step, input=s.input, baseline=s.baseline,
                       config=_relative_data(s.config, base),
                       after_gate=gate_index is not None and i > gate_index,
-                      placement=_placement(s.placement or recipe.placement))
+                      placement=_placement(s.placement or recipe.placement),
+                      allow_factories=tuple(recipe.allow_factories))
              for i, s in enumerate(recipe.steps)]
     model = recipe.model.model_dump(exclude_none=True, exclude_defaults=True)
     if "path" in model:
         model["path"] = os.path.relpath((base / model["path"]).resolve(), base)
-    return Plan(name=recipe.name, recipe_path=recipe.path, model=model, threads=recipe.threads, calls=calls)
+    return Plan(name=recipe.name, recipe_path=recipe.path, model=model, threads=recipe.threads, calls=calls,
+                allow_factories=tuple(recipe.allow_factories))
 
 
 def _placement(placement) -> dict | None:
@@ -175,9 +183,11 @@ def run_call(call: StepCall, model: str | Path, out: str | Path, baseline: str |
 
     Returns ``{"manifest": ..., "gate_passed": bool | None, "reasons": [...]}``; bad input still raises BadInput.
     """
+    from slimops import factories
     from slimops.core import run_step
     from slimops.manifest import read_manifest
 
+    factories.allow(call.allow_factories)
     inputs = {"baseline": Path(baseline)} if call.baseline is not None and baseline is not None else {}
     if call.baseline is not None and baseline is None:
         raise BadInput(f"step {call.id} compares against {call.baseline!r}; pass its model directory as baseline")

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from slimops.data import DataSpec
 from slimops.errors import BadInput
+from slimops.formats import quoted
+from slimops.yamlsafe import load_yaml_file
 
 DATA_FIELDS = ("data", "calibration", "eval_data")  # config keys that may name a dataset from the recipe's `data:`
 
@@ -92,6 +94,8 @@ class Recipe(BaseModel):
     data: dict[str, DataSpec] = Field(default_factory=dict)
     steps: list[StepSpec] = Field(min_length=1)
     placement: Placement | None = Field(None, description="default placement of every step on an orchestrator")
+    allow_factories: list[str] = Field(default_factory=list, description="modules (or module:callable) whose model "
+                                       "factories may be imported, beyond slimops.zoo and 'slimops.factories' entry points")
 
     # Filled by load_recipe: where the file lives, and each step's resolved config.
     path: Path | None = Field(None, exclude=True)
@@ -104,13 +108,9 @@ def load_recipe(path: Path | str) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"recipe not found: {path}; give the path of a recipe YAML file")
-    text = path.read_text()
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise BadInput(f"{where}: not valid YAML ({getattr(err, 'problem', err)}); fix the syntax") from None
+    # Bounded: size, nesting, tags and alias expansion are checked before anything walks the document.
+    raw = load_yaml_file(path, "")
+    text = path.read_text(encoding="utf-8")
     if not isinstance(raw, dict):
         raise BadInput(f"{path}: a recipe is a mapping with name, model and steps; see examples/")
     lines = _line_index(text)
@@ -119,6 +119,12 @@ def load_recipe(path: Path | str) -> Recipe:
     except ValidationError as err:
         raise BadInput(_located(path, lines, err.errors()[0])) from None
     recipe.path = path.absolute()
+    from slimops import factories
+
+    # The recipe's author is trusted: what it allows, this process may import (model.factory, student.factory).
+    factories.allow(recipe.allow_factories)
+    if recipe.model.factory:
+        factories.check(recipe.model.factory, f"{_at(path, lines, ('model', 'factory'))} model.factory")
     _resolve(recipe, path, lines)
     return recipe
 
@@ -188,8 +194,9 @@ def _located(path: Path, lines: dict, error: dict) -> str:
     loc = tuple(error["loc"])
     what = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
     got = "" if error["type"] in ("extra_forbidden", "missing") or isinstance(error.get("input"), (dict, list)) \
-        else f" (got {error['input']!r})"
-    return f"{_at(path, lines, loc)} {_dotted(loc) or 'recipe'}: {what}{got}"
+        else f" (got {quoted(error['input'])})"
+    shown = tuple(part[:77] + "..." if isinstance(part, str) and len(part) > 80 else part for part in loc)
+    return f"{_at(path, lines, loc)} {_dotted(shown) or 'recipe'}: {what}{got}"
 
 
 def _at(path: Path, lines: dict, loc: tuple) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from slimops.core import GATE_REPORT, cache_key, parse_config, run_step
 from slimops.errors import BadInput, GateFailed
-from slimops.manifest import atomic_dir, read_manifest, write_json_atomic
+from slimops.manifest import atomic_dir, clean_stale_temps, hash_tree, out_lock, read_manifest, write_json_atomic
 from slimops.plan import StepCall, plan_recipe
 from slimops.progress import console
 from slimops.recipe import Recipe, load_recipe
@@ -63,6 +64,9 @@ def materialize_source(spec: dict, out: Path, base: Path | None = None) -> Path:
     origin = resolve_source(Recipe.model_construct(model=source, path=(base or Path.cwd()) / "recipe.yaml"), out.parent)
     if not origin.is_dir():
         raise BadInput(f"model directory not found: {origin}; give model.path or model.package")
+    from slimops.handlers.info import check_tree
+
+    check_tree(origin)  # no link out of the directory is followed into the copy
     record = lineage_of(origin)
     with atomic_dir(out) as tmp:
         for path in origin.rglob("*"):
@@ -94,11 +98,14 @@ def init_factory_model(source, out: Path) -> Path:
                      kwargs=source.kwargs, input_shape=source.input_shape, num_labels=source.num_labels,
                      normalize=False)
     torch.manual_seed(source.seed)
-    module = import_factory(source.factory)(**source.kwargs)
+    module = import_factory(source.factory, "recipe model.factory")(**source.kwargs)
     with atomic_dir(out) as tmp:
         save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp / "model.safetensors"))
         dump_architecture(tmp / "architecture.json", info)
         write_json_atomic(tmp / "source.json", spec)
+        # The directory is slimops's own (a later run may replace it), and its lineage starts here.
+        write_json_atomic(tmp / "manifest.json", {"step": "source", "path": str(out.absolute()), "spec": spec,
+                                                  "model": info.model_dump(), "outputs": hash_tree(tmp)})
     return out
 
 
@@ -109,10 +116,34 @@ def step_calls(recipe: Recipe) -> list[tuple[StepCall, dict]]:
     return [(call, call.resolved_config(plan.recipe_dir)) for call in plan.calls]
 
 
+RUN_MARKER = ".slimops-run"  # written first: the run directory is slimops's, even before run.json exists
+
+
 def run_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, use_cache: bool = True) -> RunResult:
     recipe = load_recipe(recipe_path)
     run_dir = Path(run_dir or Path("runs") / recipe.name).absolute()
+    with out_lock(run_dir):
+        _claim_run_dir(run_dir, recipe)
+        return _run(recipe, run_dir, use_cache)
+
+
+def _claim_run_dir(run_dir: Path, recipe: Recipe) -> None:
+    """A run writes into a new or empty directory, or one an earlier run wrote; never among user files."""
+    if run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
+        raise BadInput(f"--out {run_dir} is not a directory; give a new run directory")
+    recipe_dir = os.path.realpath(recipe.path.parent)
+    if recipe_dir == os.path.realpath(run_dir) or recipe_dir.startswith(os.path.realpath(run_dir) + os.sep):
+        raise BadInput(f"--out {run_dir} contains the recipe; give a run directory of its own (default runs/<name>)")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / RUN_MARKER).is_file():
+        raise BadInput(f"--out {run_dir} holds files slimops did not write; give a new or empty run directory")
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_MARKER).write_text(recipe.name + "\n")
+    for leftover in run_dir.glob(".*.tmp*"):  # run.json / report files a killed run was writing (we hold the lock)
+        if leftover.is_file():
+            leftover.unlink()
+
+
+def _run(recipe: Recipe, run_dir: Path, use_cache: bool) -> RunResult:
     started = time.perf_counter()
     outputs = {"source": resolve_source(recipe, run_dir)}
     records, exit_code, gate = [], 0, None
@@ -124,11 +155,16 @@ def run_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, use_c
         record = {"id": spec.id, "step": spec.step, "input": spec.input, "out": str(out)}
         t0 = time.perf_counter()
         key = cache_key(spec.step, config, {"model": outputs[spec.input], **inputs})
-        manifest = read_manifest(out) if use_cache else None
-        if manifest and manifest.get("cache_key") == key and _complete(out, manifest):
+        manifest = read_manifest(out) if use_cache and out.is_dir() else None
+        stale = _stale(out, manifest, key) if manifest else "no earlier output"
+        if not stale:
+            with out_lock(out):  # a killed earlier run may have left temporary folders beside it
+                clean_stale_temps(out)
             record["status"] = "cached"
             console.print(f"[dim]{spec.id}: cached ({out})[/dim]")
         else:
+            if manifest and stale != "inputs or config changed":
+                console.print(f"[yellow]{spec.id}: not reusing {out}: {stale}[/yellow]")
             console.print(f"[bold]{spec.id}[/bold]: running {spec.step}")
             try:
                 manifest = run_step(spec.step, outputs[spec.input], out, config, inputs, threads=recipe.threads)
@@ -167,8 +203,17 @@ def run_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, use_c
     return RunResult(run_dir=run_dir, exit_code=exit_code, summary=summary)
 
 
-def _complete(out: Path, manifest: dict) -> bool:
-    return all((out / name).is_file() for name in manifest.get("outputs", {}))
+def _stale(out: Path, manifest: dict, key: str) -> str | None:
+    """Why an earlier output cannot be reused, or None. The files are hashed again: an output edited after it
+    was written is rerun, never passed on with the old hashes in its lineage."""
+    if manifest.get("cache_key") != key:
+        return "inputs or config changed"
+    expected = manifest.get("outputs") or {}
+    actual = hash_tree(out)
+    if actual != expected:
+        changed = sorted(name for name in set(expected) | set(actual) if expected.get(name) != actual.get(name))
+        return f"its files changed since it was written ({', '.join(changed[:3])})"
+    return None
 
 
 def load_summary(run_dir: Path) -> dict:

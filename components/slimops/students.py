@@ -140,7 +140,7 @@ def factory_student(factory: str, kwargs: dict, input_shape: list[int] | None, n
 
     from slimops.handlers.runtime import import_factory
 
-    build = import_factory(factory)
+    build = import_factory(factory, "distill student.factory")
     try:
         model = build(**kwargs)
     except Exception as err:  # a wrong keyword, a bad value: the factory's own error, on one line

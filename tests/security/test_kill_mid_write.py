@@ -312,10 +312,6 @@ def test_kill_run_replacing_outputs_at_random_points(tmp_path, kill_recipe):
         print(f"{when}: {outcome}; {states}; {check_rerun_cleaned(run_dir, statuses, when)}")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "a step the next run takes from the cache keeps the killed run's .OUT.tmp-* siblings: only atomic_dir removes "
-    "them, and a cached step never enters atomic_dir (README: 'the next run removes the leftover temporary "
-    "directory'); reported to the lead engineer, runner.py/manifest.py are being rewritten"))
 def test_cached_step_removes_a_killed_runs_leftovers(tmp_path, kill_recipe):
     """A ``--no-cache`` run killed while it rewrites a complete step leaves that step complete plus its temporary
     siblings; the next ``slimops run`` takes the step from the cache, and must still remove the leftovers (a

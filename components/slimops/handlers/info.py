@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from slimops.errors import BadInput
-from slimops.manifest import read_manifest
+from slimops.formats import (check_architecture, check_hf_files, check_model_files, check_onnx, check_packed,
+                             check_tokenizer, has_tokenizer_files, load_json_file, parse_packed)
+from slimops.manifest import read_manifest, within
 
 Task = Literal["sentence-embedding", "text-classification", "tensor-classification"]
 PACKED_FILE = "model.onnx.zst"  # the pack step's output: one ONNX protobuf, zstd-compressed
@@ -43,11 +47,27 @@ def describe(model_dir: Path) -> ModelInfo:
         names = {p.name for p in model_dir.iterdir()}
     except PermissionError:
         raise BadInput(f"model directory {model_dir} is not readable; fix its permissions") from None
+    check_tree(model_dir)
+    refuse_remote_code(model_dir)
+    info = _describe(model_dir, names)
+    _check_info(model_dir, info)
+    check_model_files(model_dir, info)  # weights, graph, JSON and tokenizer files, before any library reads them
+    return info
+
+
+def _describe(model_dir: Path, names: set[str]) -> ModelInfo:
     manifest = read_manifest(model_dir)
     if manifest and manifest.get("model"):
-        return ModelInfo.model_validate(manifest["model"])
+        try:
+            return ModelInfo.model_validate(manifest["model"])
+        except ValidationError:
+            raise BadInput(f"{model_dir / 'manifest.json'} has a 'model' section slimops did not write; remove "
+                           "manifest.json to have the directory described from its files") from None
     if "architecture.json" in names:
         return _describe_torch(model_dir)
+    if "model.safetensors" in names and not (model_dir / "model.safetensors").is_file():
+        # transformers would fall back to pytorch_model.bin (torch.load, a pickle) beside it
+        raise BadInput(f"{model_dir / 'model.safetensors'} is not a regular file; give the weights as a safetensors file")
     if "config.json" in names and ("model.safetensors" in names or "pytorch_model.bin" in names):
         return _describe_hf(model_dir, names)
     onnx_files = sorted(n for n in names if n.endswith(".onnx"))
@@ -61,15 +81,69 @@ def describe(model_dir: Path) -> ModelInfo:
     )
 
 
+MAX_ENTRIES = 10_000  # files and folders in one model directory
+
+
+def check_tree(root: Path) -> None:
+    """Refuse what a model directory must never hold: links that lead outside it, links to directories, and
+    anything but regular files and folders (a FIFO named model.onnx would hang every reader). Nothing here
+    follows a link, so a file outside the directory is never read, hashed or carried into an output."""
+    real = os.path.realpath(root)
+    count = 0
+    for dirpath, dirnames, filenames in os.walk(root):  # os.walk does not descend into linked folders
+        for name in dirnames + filenames:
+            count += 1
+            if count > MAX_ENTRIES:
+                raise BadInput(f"{root} holds more than {MAX_ENTRIES} files; give a directory with the model alone")
+            path = os.path.join(dirpath, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                target = os.path.realpath(path)
+                if target == real or not within(target, real):
+                    raise BadInput(f"{path} links outside the model directory; copy the file in instead of linking it")
+                if os.path.isdir(target):
+                    raise BadInput(f"{path} links to a directory; copy the files in instead of linking the folder")
+                if not os.path.isfile(target):
+                    raise BadInput(f"{path} is a broken link or links to a special file; remove it")
+            elif not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise BadInput(f"{path} is not a regular file (a FIFO, socket or device); remove it from the model directory")
+
+
+def refuse_remote_code(model_dir: Path) -> None:
+    """A Hugging Face config or tokenizer config with ``auto_map`` needs its bundled Python to load; slimops never
+    runs code from a model directory (trust_remote_code is always False), so it refuses the model up front."""
+    for name in ("config.json", "tokenizer_config.json"):
+        path = Path(model_dir) / name
+        if path.is_file():
+            data = _read_json(path)
+            if isinstance(data, dict) and "auto_map" in data:
+                raise BadInput(f"{path} has 'auto_map': the model needs its own Python code, which slimops never runs; "
+                               "use a model whose architecture transformers ships")
+
+
+def _check_info(model_dir: Path, info: ModelInfo) -> None:
+    """The file a description names lies inside the directory and is a regular file; a factory is allowed."""
+    real = os.path.realpath(model_dir)
+    target = os.path.realpath(os.path.join(model_dir, info.file))
+    if target == real or not within(target, real):
+        raise BadInput(f"{model_dir}: model file {info.file[:80]!r} is outside the model directory; "
+                       "name a file inside it")
+    if not os.path.isfile(target):
+        raise BadInput(f"{model_dir}: model file {info.file[:80]!r} is missing or not a regular file; "
+                       "re-run the step that wrote it")
+    if info.factory is not None:
+        from slimops import factories
+
+        factories.check(info.factory, f"{model_dir}")
+
+
 def has_tokenizer(model_dir: Path) -> bool:
     return any((Path(model_dir) / name).is_file() for name in ("tokenizer.json", "vocab.txt"))
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadInput(f"{path} is not valid JSON ({err}); fix or replace the file") from None
+    # Size- and depth-capped; an object or a list (modules.json): the callers' checks say which.
+    return load_json_file(path)
 
 
 def _describe_hf(model_dir: Path, names: set[str]) -> ModelInfo:
@@ -78,6 +152,7 @@ def _describe_hf(model_dir: Path, names: set[str]) -> ModelInfo:
             f"{model_dir} holds only pytorch_model.bin (a pickle, never loaded here); "
             "save the model with safe_serialization=True to get model.safetensors"
         )
+    check_hf_files(model_dir)  # config.json, 1_Pooling, modules.json: the structure read below
     config = _read_json(model_dir / "config.json")
     architectures = config.get("architectures") or []
     if any(a.endswith("ForSequenceClassification") for a in architectures):
@@ -96,6 +171,7 @@ def _describe_hf(model_dir: Path, names: set[str]) -> ModelInfo:
 
 def _describe_torch(model_dir: Path) -> ModelInfo:
     arch = _read_json(model_dir / "architecture.json")
+    check_architecture(arch, model_dir / "architecture.json")
     weights = arch.get("weights", "model.safetensors")
     if not (model_dir / weights).is_file():
         raise BadInput(f"{model_dir}/architecture.json names weights {weights!r}, which is missing; "
@@ -113,10 +189,13 @@ def _describe_onnx(model_dir: Path, onnx_files: list[str]) -> ModelInfo:
 
     try:
         # Reading the graph without external data is enough to learn its interface.
-        graph = onnx.load(str(model_dir / file), load_external_data=False).graph
+        model = onnx.load(str(model_dir / file), load_external_data=False)
     except Exception as err:  # protobuf raises DecodeError and friends
         raise BadInput(f"{model_dir / file} is not a readable ONNX model ({type(err).__name__}); re-export it") from None
-    return _info_from_graph(model_dir, file, graph, "onnx")
+    info = _info_from_graph(model_dir, file, model.graph, "onnx")
+    check_onnx(model_dir / file, model_dir, model)  # ops, opsets, dims, data sizes, external data, onnx.checker
+    check_tokenizer(model_dir, required=has_tokenizer_files(model_dir))
+    return info
 
 
 def read_packed(path: Path) -> bytes:
@@ -136,16 +215,12 @@ def read_packed(path: Path) -> bytes:
 
 
 def _describe_packed(model_dir: Path) -> ModelInfo:
-    import onnx
-
     path = model_dir / PACKED_FILE
-    data = read_packed(path)
-    model = onnx.ModelProto()
-    try:
-        model.ParseFromString(data)
-    except Exception as err:  # protobuf raises DecodeError and friends
-        raise BadInput(f"{path} does not hold an ONNX model ({type(err).__name__}); re-run the pack step") from None
-    return _info_from_graph(model_dir, PACKED_FILE, model.graph, "onnx-packed")
+    model = parse_packed(path)  # decompressed under a bound: a zstd bomb is refused, not expanded
+    info = _info_from_graph(model_dir, PACKED_FILE, model.graph, "onnx-packed")
+    check_packed(path, model_dir, model)
+    check_tokenizer(model_dir, required=has_tokenizer_files(model_dir))
+    return info
 
 
 def _info_from_graph(model_dir: Path, file: str, graph, fmt: str) -> ModelInfo:

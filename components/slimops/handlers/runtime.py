@@ -6,7 +6,6 @@ PyTorch baseline and an ONNX candidate measures the model, not the glue around i
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Sequence
@@ -32,7 +31,15 @@ class _TextMixin:
     def _init_tokenizer(self) -> None:
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), trust_remote_code=False)
+        except (KeyboardInterrupt, SystemExit, MemoryError, BadInput):
+            raise
+        except BaseException as err:  # transformers' errors, and the tokenizers library's Rust panics
+            from slimops.formats import one_line
+
+            raise BadInput(f"cannot load the tokenizer in {self.model_dir} ({type(err).__name__}: "
+                           f"{one_line(err, 200)}); copy the tokenizer files of the base model beside it") from None
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         return dict(self.tokenizer(list(texts), padding=True, truncation=True,
@@ -60,7 +67,7 @@ class HFModel(_TextMixin, Runnable):
         if threads:
             torch.set_num_threads(threads)
         cls = AutoModelForSequenceClassification if info.task == "text-classification" else AutoModel
-        self.model = cls.from_pretrained(str(model_dir), use_safetensors=True).eval()
+        self.model = cls.from_pretrained(str(model_dir), use_safetensors=True, trust_remote_code=False).eval()
         self._init_tokenizer()
 
     def predict(self, batch):
@@ -73,12 +80,33 @@ class HFModel(_TextMixin, Runnable):
         return self.finish(first.float().numpy(), encoded["attention_mask"])
 
 
-def import_factory(spec: str):
-    module_name, _, attr = spec.partition(":")
+def import_factory(spec: str, where: str = "model factory"):
+    """The factory ``spec`` names, only if the user's allowlist admits it (slimops.factories)."""
+    from slimops import factories
+
+    return factories.load(spec, where)
+
+
+def build_within(build, kwargs: dict, state: dict, weights) -> "torch.nn.Module":
+    """``build(**kwargs)``, first on the meta device (no memory): kwargs read from a model directory must not
+    make a module far larger than its weights file (``channels: 10**9`` would exhaust memory)."""
+    import torch
+
     try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise BadInput(f"cannot import model factory {spec!r} ({err}); install the package that defines it") from None
+        with torch.device("meta"):
+            probe = build(**kwargs)
+        wanted = sum(p.numel() for p in probe.parameters()) + sum(b.numel() for b in probe.buffers())
+        held = sum(t.numel() for t in state.values())
+        if wanted > 16 * held + 10_000_000:
+            raise BadInput(f"{weights}: the factory's kwargs build a module of {wanted:,} values, the weights hold "
+                           f"{held:,}; fix kwargs in architecture.json")
+        del probe
+        return build(**kwargs)
+    except BadInput:
+        raise
+    except Exception as err:  # a wrong keyword or value: the factory's own error, on one line
+        raise BadInput(f"{weights}: the factory failed with kwargs {str(kwargs)[:80]} ({type(err).__name__}: "
+                       f"{str(err).splitlines()[0][:120] if str(err) else ''}); fix kwargs in architecture.json") from None
 
 
 class TorchModule(Runnable):
@@ -91,8 +119,9 @@ class TorchModule(Runnable):
             torch.set_num_threads(threads)
         from slimops.pruning.reshape import fit_to_state
 
-        self.model = import_factory(info.factory)(**info.kwargs)
+        build = import_factory(info.factory, f"{self.model_dir}/architecture.json")
         state = load_file(str(self.model_dir / info.file))
+        self.model = build_within(build, info.kwargs, state, self.model_dir / info.file)
         # A structurally pruned module has narrower layers than the factory builds: take the file's shapes.
         self.reshaped = fit_to_state(self.model, state)
         try:

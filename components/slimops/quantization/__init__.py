@@ -121,7 +121,7 @@ class CalibrationFeeds:
         else:
             from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
             self.feeds = []
             for start in range(0, len(examples), 8):
                 encoded = tokenizer(list(examples[start:start + 8]), padding=True, truncation=True,

@@ -20,6 +20,21 @@ class StepContext:
     inputs: dict[str, Path] = field(default_factory=dict)  # extra model inputs, e.g. "baseline"
     threads: int | None = None
     final_out: Path | None = None  # where out_dir will be renamed to (for state kept beside it, e.g. checkpoints)
+    work_dir: Path | None = None  # private scratch space, removed after the step (never write into model_dir)
+
+    def staged_model(self) -> Path:
+        """The input's model file (with its external data) linked or copied into ``work_dir``, for libraries that
+        write beside the file they are given."""
+        source = self.model_dir / self.model_info.file
+        if self.work_dir is None:
+            return source
+        stage = self.work_dir / "input"
+        if not stage.is_dir():
+            stage.mkdir()
+            for path in self.model_dir.iterdir():
+                if path.is_file() and path.name != MANIFEST:
+                    link_or_copy(path, stage / path.name)
+        return stage / self.model_info.file
 
     def require_onnx(self, step: str) -> None:
         """The graph steps (compile, quantize, factorize, pack) take a plain ONNX model."""

@@ -164,11 +164,11 @@ class _EncoderTask:
         from slimops.students import check_encoder_pair, encoder_student
 
         self.info = info
-        self.teacher = AutoModel.from_pretrained(str(teacher_dir), use_safetensors=True).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(teacher_dir))
+        self.teacher = AutoModel.from_pretrained(str(teacher_dir), use_safetensors=True, trust_remote_code=False).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(teacher_dir), trust_remote_code=False)
         if config.student.from_input:
-            self.student = AutoModel.from_pretrained(str(ctx.model_dir), use_safetensors=True)
-            check_encoder_pair(self.teacher, self.student, AutoTokenizer.from_pretrained(str(ctx.model_dir)),
+            self.student = AutoModel.from_pretrained(str(ctx.model_dir), use_safetensors=True, trust_remote_code=False)
+            check_encoder_pair(self.teacher, self.student, AutoTokenizer.from_pretrained(str(ctx.model_dir), trust_remote_code=False),
                                self.tokenizer)
         else:
             self.student = encoder_student(self.teacher, config.student.layers, config.student.intermediate_size)

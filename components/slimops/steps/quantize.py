@@ -65,7 +65,7 @@ class Quantize(Step):
 
         info = ctx.model_info
         ctx.require_onnx("quantize")
-        source = ctx.model_dir / info.file
+        source = ctx.staged_model()  # ONNX Runtime writes <model>-inferred.onnx beside the file it is given
         target = ctx.out_dir / "model.onnx"
         ctx.carry_files()
         calibration = load_dataset(config.calibration) if config.calibration else None
@@ -81,7 +81,7 @@ class Quantize(Step):
         precision = {"dynamic": "int8", "static": "int8", "int4": "int4", "fp16": "fp16"}[config.mode]
         out_info = info.model_copy(update={"file": "model.onnx", "precision": precision})
         size = sum(p.stat().st_size for p in ctx.out_dir.glob("model.onnx*"))
-        source_size = sum(p.stat().st_size for p in ctx.model_dir.glob(info.file + "*"))
+        source_size = sum(p.stat().st_size for p in ctx.model_dir.glob(info.file + "*") if p.is_file())
         details["quantized_nodes"] = count_quantized(target)
         return StepResult(model_info=out_info, metrics={"size_mb": size / 1e6, "source_size_mb": source_size / 1e6},
                           details=details)

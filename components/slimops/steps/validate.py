@@ -9,7 +9,7 @@ from slimops import memprobe, progress
 from slimops.data import DataSpec, load_dataset
 from slimops.evaluate import (alternate_latency, alternate_throughput, check_inputs, fidelity, metric_name,
                               predict_all, task_metrics)
-from slimops.gate import GatePolicy, check, reasons
+from slimops.gate import GatePolicy, check, reasons, sign
 from slimops.handlers import describe, load
 from slimops.manifest import hash_tree, write_json_atomic
 from slimops.steps import Step, StepConfig, StepResult
@@ -113,7 +113,7 @@ class Validate(Step):
             "baseline": str(baseline_dir),
             "candidate_files": hash_tree(ctx.out_dir),
         }
-        write_json_atomic(ctx.out_dir / "gate_report.json", report)
+        write_json_atomic(ctx.out_dir / "gate_report.json", sign(report))
         return StepResult(model_info=candidate_info, metrics=metrics, details={"checks": rows},
                           gate_passed=passed, gate_reasons=report["reasons"])
 
