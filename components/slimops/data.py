@@ -11,6 +11,7 @@ Formats:
 from __future__ import annotations
 
 import csv
+import math
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,12 +79,31 @@ def load_dataset(spec: DataSpec) -> Dataset:
     return dataset
 
 
+MAX_LINE_CHARS = 1024 * 1024  # far longer than any model input: a longer line is not a sentence
+MAX_NPZ_VALUES = 2**28  # values in one .npz array (1 GiB as float32)
+
+
 def _read_rows(path: Path, delimiter: str) -> list[list[str]]:
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
+    except OSError as err:
+        raise BadInput(f"cannot read data file {path} ({err.strerror or err}); check the path and its permissions") from None
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise BadInput(f"data file {path} is not UTF-8 text ({err.reason}); give a text file") from None
-    return [row for row in csv.reader(text.splitlines(), delimiter=delimiter, quoting=csv.QUOTE_NONE) if row]
+        line = data[: err.start].count(b"\n") + 1
+        raise BadInput(f"data file {path}:{line} is not UTF-8 text ({err.reason}); save the file as UTF-8") from None
+    lines = text.splitlines()
+    for line_no, line in enumerate(lines, 1):
+        if len(line) > MAX_LINE_CHARS:
+            raise BadInput(f"{path}:{line_no}: a line of {len(line)} characters, over the limit of {MAX_LINE_CHARS} "
+                           "(no model input is that long); split or shorten it")
+    reader = csv.reader(lines, delimiter=delimiter, quoting=csv.QUOTE_NONE)
+    try:
+        return [row for row in reader if row]
+    except csv.Error as err:  # a field over csv.field_size_limit(), a NUL byte, ...
+        raise BadInput(f"{path}:{reader.line_num}: cannot split the line into columns ({err}); "
+                       f"no model input is that long: shorten or remove the line") from None
 
 
 def _read_sts(spec: DataSpec) -> Dataset:
@@ -103,7 +123,9 @@ def _read_sts(spec: DataSpec) -> Dataset:
         try:
             score = float(row[4])
         except ValueError:
-            raise BadInput(f"{path}:{line_no}: score column holds {row[4]!r}, not a number; fix the file") from None
+            raise BadInput(f"{path}:{line_no}: score column holds {_quoted(row[4])}, not a number; fix the file") from None
+        if not math.isfinite(score):
+            raise BadInput(f"{path}:{line_no}: score {_quoted(row[4])} is not a finite number; give a similarity score")
         ids = []
         for sentence in (row[5], row[6]):
             if sentence not in index:
@@ -112,6 +134,13 @@ def _read_sts(spec: DataSpec) -> Dataset:
             ids.append(index[sentence])
         pairs.append((ids[0], ids[1]))
         scores.append(score)
+    if spec.format == "sts" and pairs:  # an evaluation set: Spearman needs pairs that differ in score
+        if len(pairs) < 2:
+            raise BadInput(f"STS data {path} holds one pair{' (limit 1)' if spec.limit == 1 else ''}; a rank correlation "
+                           "needs at least two pairs with different scores: give more pairs")
+        if min(scores) == max(scores):
+            raise BadInput(f"STS data {path}: all {len(pairs)} pairs have the score {scores[0]:g}, so no correlation is "
+                           "defined; give pairs with different scores")
     return Dataset(inputs=sentences, pairs=pairs, scores=np.asarray(scores, dtype=np.float64))
 
 
@@ -126,7 +155,7 @@ def _read_text(spec: DataSpec) -> Dataset:
 
 def _looks_like_sts(path: Path) -> bool:
     with open(path, encoding="utf-8", errors="replace") as handle:
-        first = handle.readline().split("\t")
+        first = handle.readline(MAX_LINE_CHARS + 1).split("\t")
     return len(first) >= 7
 
 
@@ -145,7 +174,8 @@ def _read_text_classification(spec: DataSpec) -> Dataset:
         except ValueError:
             if line_no == 1:
                 continue  # a header row
-            raise BadInput(f"{path}:{line_no}: label {row[spec.label_column]!r} is not an integer; fix the file") from None
+            raise BadInput(f"{path}:{line_no}: label {_quoted(row[spec.label_column])} is not an integer; "
+                           "fix the file") from None
         texts.append(row[spec.text_column])
     return Dataset(inputs=texts, labels=np.asarray(labels, dtype=np.int64))
 
@@ -171,15 +201,67 @@ def _read_digits(spec: DataSpec) -> Dataset:
 
 def _read_npz(spec: DataSpec) -> Dataset:
     path = Path(spec.path)
+    headers = _npz_headers(path)  # shapes and dtypes, read before any array is loaded
+    if "x" not in headers:
+        raise BadInput(f"{path} has arrays {sorted(headers)[:10]}, no 'x'; save inputs as x (and labels as y)")
+    for name in ("x", "y"):
+        if name not in headers:
+            continue
+        shape, dtype = headers[name]
+        if dtype.hasobject or dtype.kind not in "biuf":
+            raise BadInput(f"{path}: array {name!r} has dtype {_quoted(str(dtype))}; it must hold numbers "
+                           "(object arrays need pickle; slimops loads .npz with allow_pickle=False): save it as float32 / int64")
+        if math.prod(shape) > MAX_NPZ_VALUES:
+            raise BadInput(f"{path}: array {name!r} has shape {_quoted(list(shape))}, over {MAX_NPZ_VALUES} values; "
+                           "give a smaller evaluation set")
+    if len(headers["x"][0]) < 2:
+        raise BadInput(f"{path}: x has shape {list(headers['x'][0])}; it must be examples x features "
+                       "(one row per example)")
+    if "y" in headers and (len(headers["y"][0]) != 1 or headers["y"][0][0] != headers["x"][0][0]):
+        raise BadInput(f"{path}: y has shape {list(headers['y'][0])} but x holds {headers['x'][0][0]} examples; "
+                       "give one integer label per example")
     try:
         with np.load(path, allow_pickle=False) as arrays:
-            if "x" not in arrays:
-                raise BadInput(f"{path} has arrays {sorted(arrays.files)}, no 'x'; save inputs as x (and labels as y)")
-            x = arrays["x"].astype(np.float32)
-            y = arrays["y"].astype(np.int64) if "y" in arrays else None
+            x = arrays["x"]
+            y = arrays["y"] if "y" in arrays else None
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-        raise BadInput(f"{path} is not a readable .npz file ({type(err).__name__}: {err}); save it with numpy.savez") from None
+        raise BadInput(f"{path} is not a readable .npz file ({type(err).__name__}: {_quoted(str(err))}); "
+                       "save it with numpy.savez") from None
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        bad = int(np.argwhere(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))[0][0])
+        raise BadInput(f"{path}: x holds NaN or inf (first in example {bad}); give finite inputs")
+    if y is not None and y.dtype.kind == "f" and not (np.isfinite(y).all() and (y == np.round(y)).all()):
+        raise BadInput(f"{path}: y holds values that are not integer labels (NaN, inf or fractions); "
+                       "give one integer class label per example")
+    x, y = x.astype(np.float32), None if y is None else y.astype(np.int64)
+    if not np.isfinite(x).all():
+        raise BadInput(f"{path}: x holds values too large for float32; scale the inputs")
     return Dataset(inputs=x[: spec.limit], labels=None if y is None else y[: spec.limit])
+
+
+def _npz_headers(path: Path) -> dict:
+    """{name: (shape, dtype)} of the arrays in a .npz, from their .npy headers (nothing is decompressed in full)."""
+    headers = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for entry in archive.infolist()[:1000]:
+                if not entry.filename.endswith(".npy"):
+                    continue
+                with archive.open(entry) as handle:
+                    version = np.lib.format.read_magic(handle)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(handle)
+                headers[entry.filename[:-4]] = (tuple(shape), dtype)
+    except (ValueError, OSError, EOFError, SyntaxError, zipfile.BadZipFile, zipfile.LargeZipFile) as err:
+        raise BadInput(f"{path} is not a readable .npz file ({type(err).__name__}: {_quoted(str(err))}); "
+                       "save it with numpy.savez") from None
+    return headers
+
+
+def _quoted(value, limit: int = 80) -> str:
+    from slimops.formats import quoted
+
+    return quoted(value, limit)
 
 
 _READERS = {

@@ -52,29 +52,55 @@ def check_inputs(info, dataset: Dataset, where: str = "data") -> None:
             raise BadInput(f"{where} examples have shape {shape}, the model takes {expected}; reshape the data")
 
 
+def finite_outputs(outputs: np.ndarray, what: str = "the model") -> None:
+    """A metric computed from NaN/inf outputs is no measurement: no gate verdict may rest on it."""
+    outputs = np.asarray(outputs)
+    if outputs.dtype.kind in "fc" and not np.isfinite(outputs).all():
+        rows = ~np.isfinite(outputs.reshape(len(outputs), -1)).all(axis=1) if outputs.ndim else np.array([True])
+        raise BadInput(f"{what} gives NaN or inf outputs on {int(rows.sum())} of {len(rows)} examples, so no metric "
+                       "can be measured; check the model's weights (a broken export or quantization)")
+
+
+def finite_metrics(metrics: dict[str, float], what: str) -> dict[str, float]:
+    bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not np.isfinite(v)}
+    if bad:
+        raise BadInput(f"{', '.join(bad)} of {what} is {', '.join(str(v) for v in bad.values())}, not a number a "
+                       "gate can compare; give evaluation data on which the metric is defined")
+    return metrics
+
+
 def task_metrics(outputs: np.ndarray, dataset: Dataset) -> dict[str, float]:
     """Spearman x100 of cosine similarity for STS; accuracy and macro-F1 x100 for classification."""
+    finite_outputs(outputs)
     if dataset.kind == "sts":
         from scipy.stats import spearmanr
 
         a = np.array([outputs[i] for i, _ in dataset.pairs])
         b = np.array([outputs[j] for _, j in dataset.pairs])
         cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-        return {"spearman": 100.0 * float(spearmanr(cos, dataset.scores).statistic)}
+        if len(cos) < 2 or np.ptp(cos) == 0 or np.ptp(dataset.scores) == 0:
+            raise BadInput(f"Spearman is undefined on these {len(cos)} STS pairs: "
+                           f"{'the model gives every pair the same similarity' if len(cos) > 1 and np.ptp(cos) == 0 else 'the gold scores do not vary'}; "
+                           "give more pairs with different scores")
+        return finite_metrics({"spearman": 100.0 * float(spearmanr(cos, dataset.scores).statistic)}, "the STS data")
     from sklearn.metrics import f1_score
 
     predicted = outputs.argmax(axis=1)
-    return {"accuracy": 100.0 * float((predicted == dataset.labels).mean()),
-            "f1_macro": 100.0 * float(f1_score(dataset.labels, predicted, average="macro"))}
+    return finite_metrics({"accuracy": 100.0 * float((predicted == dataset.labels).mean()),
+                           "f1_macro": 100.0 * float(f1_score(dataset.labels, predicted, average="macro"))},
+                          "the classification data")
 
 
 def fidelity(baseline: np.ndarray, candidate: np.ndarray, task: str) -> dict[str, float]:
     """How closely the candidate reproduces the baseline's own outputs."""
+    finite_outputs(baseline, "the baseline")
+    finite_outputs(candidate, "the candidate")
     if task == "sentence-embedding":
         cos = (baseline * candidate).sum(1) / (
             np.linalg.norm(baseline, axis=1) * np.linalg.norm(candidate, axis=1) + 1e-12)
-        return {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min())}
-    return {"top1_agreement": 100.0 * float((baseline.argmax(1) == candidate.argmax(1)).mean())}
+        return finite_metrics({"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min())}, "fidelity")
+    return finite_metrics({"top1_agreement": 100.0 * float((baseline.argmax(1) == candidate.argmax(1)).mean())},
+                          "fidelity")
 
 
 @dataclass
