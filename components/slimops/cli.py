@@ -236,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from packages or disk, never a hub
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Nothing slimops runs may read stdin (a library's "trust this code? [y/N]" prompt must never be answered).
+    sys.stdin = open(os.devnull)
+    from slimops.progress import configure_logging
+
+    configure_logging(os.environ.get("SLIMOPS_LOG_LEVEL"))
     args = None
     try:
         args = build_parser().parse_args(argv)

@@ -108,6 +108,8 @@ def require_passing_gate(model_dir) -> dict:
 
 
 def _load_report(path: Path) -> dict:
+    if path.stat().st_size > 64 << 20:
+        raise GateFailed(f"{path} is larger than 64 MiB; it is not a report validate wrote")
     try:
         report = json.loads(path.read_bytes())
     except (ValueError, RecursionError):

@@ -18,7 +18,7 @@ from slimops.core import GATE_REPORT, cache_key, parse_config, run_step
 from slimops.errors import BadInput, GateFailed
 from slimops.manifest import atomic_dir, clean_stale_temps, hash_tree, out_lock, read_manifest, write_json_atomic
 from slimops.plan import StepCall, plan_recipe
-from slimops.progress import console
+from slimops import progress
 from slimops.recipe import Recipe, load_recipe
 
 RUN_SUMMARY = "run.json"
@@ -161,11 +161,11 @@ def _run(recipe: Recipe, run_dir: Path, use_cache: bool) -> RunResult:
             with out_lock(out):  # a killed earlier run may have left temporary folders beside it
                 clean_stale_temps(out)
             record["status"] = "cached"
-            console.print(f"[dim]{spec.id}: cached ({out})[/dim]")
+            progress.note(f"{spec.id}: cached ({out})")
         else:
             if manifest and stale != "inputs or config changed":
-                console.print(f"[yellow]{spec.id}: not reusing {out}: {stale}[/yellow]")
-            console.print(f"[bold]{spec.id}[/bold]: running {spec.step}")
+                progress.note(f"{spec.id}: not reusing {out}: {stale}", "yellow")
+            progress.note(f"{spec.id}: running {spec.step}", "bold")
             try:
                 manifest = run_step(spec.step, outputs[spec.input], out, config, inputs, threads=recipe.threads)
                 record["status"] = "ran"

@@ -90,7 +90,9 @@ def check_tree(root: Path) -> None:
     follows a link, so a file outside the directory is never read, hashed or carried into an output."""
     real = os.path.realpath(root)
     count = 0
-    for dirpath, dirnames, filenames in os.walk(root):  # os.walk does not descend into linked folders
+    for dirpath, dirnames, filenames in os.walk(root):
+        if dirpath.count(os.sep) - str(root).count(os.sep) > 32:
+            raise BadInput(f"{root} nests folders more than 32 deep; give a directory with the model alone")  # os.walk does not descend into linked folders
         for name in dirnames + filenames:
             count += 1
             if count > MAX_ENTRIES:

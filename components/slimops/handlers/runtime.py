@@ -67,7 +67,11 @@ class HFModel(_TextMixin, Runnable):
         if threads:
             torch.set_num_threads(threads)
         cls = AutoModelForSequenceClassification if info.task == "text-classification" else AutoModel
-        self.model = cls.from_pretrained(str(model_dir), use_safetensors=True, trust_remote_code=False).eval()
+        try:
+            self.model = cls.from_pretrained(str(model_dir), use_safetensors=True, trust_remote_code=False).eval()
+        except (ValueError, KeyError, TypeError, OSError, RuntimeError, AttributeError) as err:
+            raise BadInput(f"transformers cannot load {model_dir} ({library_error(err)}); check config.json and "
+                           "the weights, or re-save the model with save_pretrained") from None
         self._init_tokenizer()
 
     def predict(self, batch):
@@ -78,6 +82,12 @@ class HFModel(_TextMixin, Runnable):
             out = self.model(**{k: torch.from_numpy(v) for k, v in encoded.items()})
         first = out.logits if self.info.task == "text-classification" else out.last_hidden_state
         return self.finish(first.float().numpy(), encoded["attention_mask"])
+
+
+def library_error(err: BaseException, limit: int = 160) -> str:
+    """A library's exception as a short single line, for a BadInput message."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
 
 
 def import_factory(spec: str, where: str = "model factory"):

@@ -378,8 +378,8 @@ def _train(ctx, config, info, task, data, eval_data, teacher_dir) -> StepResult:
                         stale_evals += 1
                 history.append(record)
                 if tty:
-                    progress.console.print(f"[dim]step {step}: " + ", ".join(f"{k} {v}" for k, v in record.items()
-                                                                              if k != "step") + "[/dim]")
+                    progress.note(f"step {step}: " + ", ".join(f"{k} {v}" for k, v in record.items()
+                                                                              if k != "step"))
                 if config.patience and stale_evals >= config.patience:
                     stopped_early = True
                 if step < config.max_steps and not stopped_early:

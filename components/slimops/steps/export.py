@@ -10,7 +10,7 @@ from pydantic import Field
 
 from slimops.errors import BadInput
 from slimops.handlers.info import ModelInfo, describe
-from slimops.handlers.runtime import load, sample_batch
+from slimops.handlers.runtime import library_error, load, sample_batch
 from slimops.steps import Step, StepConfig, StepResult
 
 
@@ -48,9 +48,15 @@ class Export(Step):
 
         task = "text-classification" if info.task == "text-classification" else "feature-extraction"
         # optimum prints its own validation chatter; the parity check below is ours.
-        with contextlib.redirect_stdout(io.StringIO()):
-            main_export(str(ctx.model_dir), output=ctx.out_dir, task=task, opset=config.opset, library_name="transformers",
-                        local_files_only=True, do_validation=False)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                main_export(str(ctx.model_dir), output=ctx.out_dir, task=task, opset=config.opset,
+                            library_name="transformers", local_files_only=True, do_validation=False,
+                            trust_remote_code=False)
+        except (ValueError, KeyError, TypeError, OSError, RuntimeError, AttributeError, NotImplementedError) as err:
+            # an architecture optimum cannot export, or a config that does not fit its weights
+            raise BadInput(f"optimum cannot export {ctx.model_dir} ({library_error(err)}); check that transformers "
+                           "supports the architecture in config.json") from None
         for extra in ctx.out_dir.glob("*.onnx_data"):
             extra.unlink(missing_ok=True)  # none expected for encoders; never keep stray files
 
