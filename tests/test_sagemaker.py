@@ -306,7 +306,8 @@ def test_definition_entrypoints_run_the_contract_locally_and_the_condition_reads
     # Validate again with a gate that must fail, then one that must pass: both branches, for real (timed briefly:
     # these runs are about the branch, not the measurement).
     quick = {"rounds": 1, "latency_runs": 5, "throughput_samples": 64}
-    for gate, passes in (({"min_speedup": 1000.0}, False), ({"max_metric_drop": 100.0}, True)):
+    # The passing gate checks no speed: under load an INT8 digits model can measure slower than its baseline.
+    for gate, passes in (({"min_speedup": 1000.0}, False), ({"max_metric_drop": 100.0, "min_speedup": None}, True)):
         variant = digits_pipeline.build(write_recipe(tmp_path / f"gate-{passes}.yaml", gate=gate, timing=quick))
         rerun = LocalProcessing(definition(variant), root, tmp_path / f"s3-{passes}")
         rerun.outputs = {k: v for k, v in local.outputs.items() if k != "slimops-validate"}

@@ -23,26 +23,26 @@ def digits_int8(tmp_path_factory, digits_onnx):
 
 
 def test_identical_models_fail_a_speedup_gate(tmp_path, capsys, digits_onnx):
-    """A copy of the baseline is not faster than the baseline: min_speedup 1.5 must fail it.
+    """A copy of the baseline is not faster than the baseline: min_speedup 3 must fail it.
 
-    25 alternating rounds: the tiny model's single rounds swing 0.2x-5x on a loaded 2-core machine,
-    their median stays near 1.0.
+    25 alternating rounds: the tiny model's single rounds swing 0.2x-5x on a loaded 2-core machine; their
+    median stays near 1.0, though once went past 1.5 while other test runs shared the machine.
     """
     baseline = tmp_path / "baseline"
     shutil.copytree(digits_onnx, baseline)
     out = tmp_path / "validated"
     code = main(["step", "validate", "--model", str(digits_onnx), "--baseline", str(baseline), "--out", str(out),
-                 *FAST, "--set", "rounds=25", "--set", "gate.min_speedup=1.5", "--set", "gate.max_metric_drop=0"])
+                 *FAST, "--set", "rounds=25", "--set", "gate.min_speedup=3", "--set", "gate.max_metric_drop=0"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 3
-    assert err[-2].startswith("slimops: gate failed: speedup") and "is not >= 1.5" in err[-2]
+    assert err[-2].startswith("slimops: gate failed: speedup") and "is not >= 3" in err[-2]
     assert err[-1] == f"slimops: gate report: {out / 'gate_report.json'}"
 
     report = json.loads((out / "gate_report.json").read_text())
     assert report["passed"] is False
     assert len(report["reasons"]) == 1 and report["reasons"][0].startswith("speedup ")
     checks = {c["check"]: c for c in report["checks"]}
-    assert checks["speedup"]["passed"] is False and checks["speedup"]["limit"] == 1.5
+    assert checks["speedup"]["passed"] is False and checks["speedup"]["limit"] == 3.0
     assert checks["metric_drop"]["passed"] is True and checks["metric_drop"]["value"] == 0  # same model, same outputs
     assert report["metrics"]["fidelity"] == 100.0
     assert report["metrics"]["size_ratio"] == pytest.approx(1.0)

@@ -79,6 +79,14 @@ def run_step(step_name: str, model: Path, out: Path, config: dict | StepConfig,
     missing = [name for name in step_cls.extra_inputs if name not in inputs]
     if missing:
         raise BadInput(f"step {step_name} needs --{missing[0]} DIR (the model to compare against)")
+    if step_cls.requires_gate and model.is_dir():
+        # Evidence first: a model whose files changed after validation is refused as such (exit 3), whatever
+        # the changed files now hold. Links out of the directory are refused before anything is hashed.
+        from slimops.gate import require_passing_gate
+        from slimops.handlers.info import check_tree
+
+        check_tree(model)
+        require_passing_gate(model)
     info = describe(model)
     for path in inputs.values():
         describe(path)

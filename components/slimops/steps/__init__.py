@@ -22,6 +22,8 @@ class Step:
     Config: ClassVar[type[StepConfig]]
     # Extra model inputs beyond --model (validate compares against a baseline).
     extra_inputs: ClassVar[tuple[str, ...]] = ()
+    # Takes only the output of a passing gate (register, promote, deploy): checked before anything else.
+    requires_gate: ClassVar[bool] = False
 
     def resolve(self, config: StepConfig) -> StepConfig:
         """Replace 'auto' values by what will run; the manifest and the cache key record the result."""

@@ -45,6 +45,7 @@ class Deploy(Step):
     name = "deploy"
     summary = "validated model -> SageMaker / Azure ML / Vertex AI endpoint with canary, or KServe manifests"
     Config = DeployConfig
+    requires_gate = True
 
     def run(self, ctx, config: DeployConfig) -> StepResult:
         from slimops.gate import require_passing_gate

@@ -49,6 +49,7 @@ class Register(Step):
     name = "register"
     summary = "Register a validated model in the MLflow model registry (files + gate report + lineage tags), alias challenger"
     Config = RegisterConfig
+    requires_gate = True
 
     def run(self, ctx, config: RegisterConfig) -> StepResult:
         from slimops.gate import require_passing_gate
