@@ -99,6 +99,14 @@ def write_json_atomic(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
+def link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link (no second copy of the weights), or a copy across file systems."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def written_by_slimops(out: Path) -> str | None:
     """None if ``out`` may be replaced by a new output; else why not.
 

@@ -22,7 +22,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from slimops.errors import BadInput
-from slimops.manifest import MANIFEST, digest_of
+from slimops.manifest import MANIFEST, digest_of, link_or_copy
 
 MAX_CANARY_PERCENT = 50  # a canary is a minority of traffic; more than half is a cut-over, not a canary
 LINEAGE_FILES = (MANIFEST, "gate_report.json")
@@ -142,8 +142,6 @@ def triton_config(name: str) -> bytes:
 
 def write_model_repository(model_dir: Path, model_file: str, name: str, dest: Path) -> Path:
     """The same layout as the tarball, as a directory (hard links: no copy of the weights)."""
-    from slimops.steps.context import link_or_copy
-
     for arcname, path in triton_layout(model_dir, model_file, name):
         target = dest / arcname
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from slimops.errors import BadInput
 from slimops.handlers.info import ModelInfo
-from slimops.manifest import MANIFEST
+from slimops.manifest import MANIFEST, link_or_copy
 
 
 @dataclass
@@ -55,13 +53,6 @@ class StepContext:
             target = self.out_dir / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             link_or_copy(path, target)
-
-
-def link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 @dataclass

@@ -27,9 +27,8 @@ from slimops.deploy.kserve import KServeTarget
 from slimops.deploy.sagemaker import SageMakerTarget
 from slimops.deploy.vertex import VertexTarget
 from slimops.errors import BadInput
-from slimops.manifest import MANIFEST, write_json_atomic
+from slimops.manifest import MANIFEST, link_or_copy, write_json_atomic
 from slimops.steps import Step, StepConfig, StepResult
-from slimops.steps.context import link_or_copy
 
 Target = Annotated[Union[SageMakerTarget, AzureMLTarget, VertexTarget, KServeTarget], Field(discriminator="type")]
 

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from slimops.manifest import read_manifest
+from slimops.manifest import link_or_copy, read_manifest
 from slimops.steps import Step, StepConfig, StepResult
-from slimops.steps.context import link_or_copy
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 

@@ -11,9 +11,8 @@ from slimops.evaluate import (alternate_latency, alternate_throughput, check_inp
                               predict_all, task_metrics)
 from slimops.gate import GatePolicy, check, reasons, sign
 from slimops.handlers import describe, load
-from slimops.manifest import hash_tree, write_json_atomic
+from slimops.manifest import hash_tree, link_or_copy, write_json_atomic
 from slimops.steps import Step, StepConfig, StepResult
-from slimops.steps.context import link_or_copy
 
 MODEL_SUFFIXES = (".onnx", ".onnx.data", ".onnx_data", ".safetensors", ".xml", ".bin", ".zst")
 
