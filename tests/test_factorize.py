@@ -158,9 +158,9 @@ def test_fp16_model_gets_fp16_factors(tmp_path, digits_onnx, digits_test):
 
 def test_large_graph_is_saved_with_external_data(tmp_path, digits_onnx, monkeypatch):
     """Over protobuf's 2 GB the weights go to model.onnx.data; shown here by lowering the threshold."""
-    from slimops.steps import factorize
+    from slimops.factorization import files
 
-    monkeypatch.setattr(factorize, "_PROTOBUF_LIMIT", 0)
+    monkeypatch.setattr(files, "_PROTOBUF_LIMIT", 0)
     out = tmp_path / "external"
     manifest = run_step("factorize", digits_onnx, out, {"energy": 0.9, "min_weights": 4096})
     assert {"model.onnx", "model.onnx.data"} <= set(assert_outputs_match(out)["outputs"])
