@@ -164,7 +164,7 @@ def test_optimizer_state_round_trips_without_pickle(tmp_path):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from slimops.checkpoint import flatten_optimizer, unflatten_optimizer
+    from slimops.distillation.checkpoint import flatten_optimizer, unflatten_optimizer
 
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
@@ -228,7 +228,7 @@ def test_encoder_student_copies_layers_and_narrows_ffn(minilm_path):
     from transformers import AutoModel, AutoTokenizer
 
     from slimops.errors import BadInput
-    from slimops.students import encoder_student
+    from slimops.distillation.students import encoder_student
 
     teacher = AutoModel.from_pretrained(str(minilm_path), use_safetensors=True).eval()
     encoded = AutoTokenizer.from_pretrained(str(minilm_path))(["A man is playing a guitar."], return_tensors="pt")
@@ -253,7 +253,7 @@ def save_encoder_student(teacher_dir: Path, out: Path, layers: list[int] | None 
 
     from transformers import AutoModel
 
-    from slimops.students import encoder_student
+    from slimops.distillation.students import encoder_student
 
     teacher = AutoModel.from_pretrained(str(teacher_dir), use_safetensors=True)
     if hidden is None:

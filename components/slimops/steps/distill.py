@@ -1,9 +1,7 @@
-"""distill: train a smaller student to reproduce a teacher, on the CPU.
+"""distill: train a smaller student to reproduce a teacher, on the CPU (slimops.distillation).
 
-- Hugging Face sentence encoder -> a student keeping some of its layers (weights copied), trained so its
-  sentence embeddings (pooled and normalised as the handlers do) match the teacher's (cosine or MSE).
-- PyTorch tensor classifier -> a student from any factory, trained from scratch on the teacher's
-  temperature-softened outputs (KL x T^2) plus ``alpha`` x cross-entropy when the data has labels.
+- Hugging Face sentence encoder -> a student keeping some of its layers (weights copied);
+- PyTorch tensor classifier -> a student from any factory, trained from scratch;
 - ``student: {from_input: true}``: the input model itself is the student (the recovery fine-tune after
   structured pruning); the teacher comes in as ``--baseline`` (a recipe's ``baseline:``).
 
@@ -14,23 +12,15 @@ config and teacher resumes from the last one; a successful run removes it.
 
 from __future__ import annotations
 
-import math
-import shutil
-import sys
-import time
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from slimops import progress
 from slimops.data import DataSpec, load_dataset
 from slimops.errors import BadInput
-from slimops.evaluate import check_inputs, metric_name, task_metrics
-from slimops.checkpoint import checkpoint_dir, clone, load_checkpoint, save_checkpoint, unflatten_optimizer
+from slimops.evaluate import check_inputs, metric_name
 from slimops.steps import Step, StepConfig, StepResult
-
 
 
 class StudentSpec(BaseModel):
@@ -93,8 +83,8 @@ class Distill(Step):
         return config
 
     def run(self, ctx, config: DistillConfig) -> StepResult:
-        import torch
-
+        from slimops.core import cache_key
+        from slimops.distillation import checkpoint_dir, distill
         from slimops.handlers import describe
 
         if config.student.from_input:
@@ -130,12 +120,15 @@ class Distill(Step):
 
         if config.lr == "auto":
             config = config.model_copy(update={"lr": _auto_lr(encoder)})
-        threads = config.threads or ctx.threads
-        if threads:
-            torch.set_num_threads(threads)
-        torch.manual_seed(config.seed)
-        task = (_EncoderTask if encoder else _ClassifierTask)(ctx, config, info, data, Path(teacher_dir))
-        return _train(ctx, config, info, task, data, eval_data, Path(teacher_dir))
+        if encoder:
+            ctx.carry_files()  # the student is saved over the input's tokenizer and config files
+        # A checkpoint is resumed only by a run with the same config, input and teacher.
+        keyed = {"model": ctx.model_dir} if teacher_dir == ctx.model_dir else {"model": ctx.model_dir, "teacher": teacher_dir}
+        given = config.student.from_input
+        result = distill(config, info, data, eval_data, Path(teacher_dir), ctx.out_dir, checkpoint_dir(ctx.final_out),
+                         cache_key("distill", config, keyed), student_dir=ctx.model_dir if given else None,
+                         student_info=ctx.model_info if given else None, threads=config.threads or ctx.threads)
+        return StepResult(model_info=result.model_info, metrics=result.metrics, details=result.details)
 
 
 def _auto_lr(encoder: bool) -> float:
@@ -150,275 +143,6 @@ def _check_model(info, model_dir, role: str) -> None:
         raise BadInput(f"distill takes a Hugging Face sentence encoder as {role}, not a {info.task} model")
     if info.format == "torch" and info.task != "tensor-classification":
         raise BadInput(f"distill takes a PyTorch tensor classifier as {role}, not {info.task}")
-
-
-# ----------------------------------------------------------------------------- tasks
-
-
-class _EncoderTask:
-    def __init__(self, ctx, config, info, data, teacher_dir):
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        from slimops.students import check_encoder_pair, encoder_student
-
-        self.info = info
-        self.teacher = AutoModel.from_pretrained(str(teacher_dir), use_safetensors=True, trust_remote_code=False).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(teacher_dir), trust_remote_code=False)
-        if config.student.from_input:
-            self.student = AutoModel.from_pretrained(str(ctx.model_dir), use_safetensors=True, trust_remote_code=False)
-            check_encoder_pair(self.teacher, self.student, AutoTokenizer.from_pretrained(str(ctx.model_dir), trust_remote_code=False),
-                               self.tokenizer)
-        else:
-            self.student = encoder_student(self.teacher, config.student.layers, config.student.intermediate_size)
-        if config.freeze_embeddings:
-            self.student.get_input_embeddings().weight.requires_grad_(False)
-        self.loss_kind = config.loss
-        self.inputs = list(data.inputs)
-        self.targets = self._embed(self.teacher, self.inputs)  # teacher outputs, computed once
-
-    def _encode(self, texts):
-        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.info.max_length,
-                              return_tensors="pt")
-
-    def _pool(self, hidden, mask):
-        import torch
-
-        if self.info.pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            m = mask[..., None].to(hidden.dtype)
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled, dim=1) if self.info.normalize else pooled
-
-    def forward(self, model, texts):
-        encoded = self._encode(texts)
-        return self._pool(model(**encoded).last_hidden_state, encoded["attention_mask"])
-
-    def _embed(self, model, texts, batch_size=64):
-        import torch
-
-        was_training = model.training
-        model.eval()
-        with torch.inference_mode():
-            out = torch.cat([self.forward(model, texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)])
-        model.train(was_training)
-        return out
-
-    def loss(self, idx):
-        import torch
-
-        predicted = self.forward(self.student, [self.inputs[i] for i in idx])
-        target = self.targets[idx]
-        if self.loss_kind == "cosine":
-            return (1 - torch.nn.functional.cosine_similarity(predicted, target, dim=1)).mean()
-        return ((predicted - target) ** 2).sum(1).mean()
-
-    def outputs(self, model, eval_data):
-        return self._embed(model, list(eval_data.inputs)).numpy()
-
-    def save(self, ctx, state):
-        from slimops.handlers.info import describe
-
-        ctx.carry_files()
-        for name in ("config.json", "model.safetensors"):
-            (ctx.out_dir / name).unlink(missing_ok=True)  # never write through a hard link to the teacher
-        self.student.load_state_dict(state)
-        self.student.save_pretrained(str(ctx.out_dir), safe_serialization=True)
-        return describe(ctx.out_dir).model_copy(update={"max_length": self.info.max_length})
-
-
-class _ClassifierTask:
-    def __init__(self, ctx, config, info, data, teacher_dir):
-        import torch
-
-        from slimops.handlers.runtime import TorchModule
-        from slimops.students import check_classifier_pair, factory_student
-
-        self.info = info
-        self.config = config
-        self.teacher = TorchModule(teacher_dir, info, config.threads or ctx.threads).model.eval()
-        num_labels = info.num_labels
-        x = torch.from_numpy(np.asarray(data.inputs, dtype=np.float32))
-        with torch.inference_mode():
-            self.targets = torch.cat([self.teacher(x[i:i + 256]) for i in range(0, len(x), 256)])
-        if num_labels is None:
-            num_labels = self.targets.shape[1]
-        self.num_labels = num_labels
-        if config.student.from_input:
-            student_info = ctx.model_info
-            self.student = TorchModule(ctx.model_dir, student_info, config.threads or ctx.threads).model.train()
-            check_classifier_pair(self.student, student_info.input_shape or info.input_shape, num_labels, ctx.model_dir)
-            self.factory, self.kwargs = student_info.factory, student_info.kwargs
-        else:
-            self.student = factory_student(config.student.factory, config.student.kwargs, info.input_shape, num_labels)
-            self.factory, self.kwargs = config.student.factory, config.student.kwargs
-        self.x = x
-        self.y = None if data.labels is None else torch.from_numpy(np.asarray(data.labels, dtype=np.int64))
-
-    def loss(self, idx):
-        import torch.nn.functional as F
-
-        t = self.config.temperature
-        logits = self.student(self.x[idx])
-        kl = F.kl_div(F.log_softmax(logits / t, dim=1), F.log_softmax(self.targets[idx] / t, dim=1),
-                      log_target=True, reduction="batchmean") * t * t
-        if self.y is not None and self.config.alpha > 0:
-            return kl + self.config.alpha * F.cross_entropy(logits, self.y[idx])
-        return kl
-
-    def outputs(self, model, eval_data):
-        import torch
-
-        was_training = model.training
-        model.eval()
-        with torch.inference_mode():
-            out = model(torch.from_numpy(np.asarray(eval_data.inputs, dtype=np.float32))).float().numpy()
-        model.train(was_training)
-        return out
-
-    def save(self, ctx, state):
-        from safetensors.torch import save_file
-
-        from slimops.handlers.info import ModelInfo
-        from slimops.handlers.runtime import dump_architecture
-
-        out_info = ModelInfo(format="torch", task="tensor-classification", file="model.safetensors",
-                             factory=self.factory, kwargs=self.kwargs,
-                             input_shape=self.info.input_shape, num_labels=self.num_labels, normalize=False)
-        save_file({k: v.contiguous() for k, v in state.items()}, str(ctx.out_dir / out_info.file))
-        dump_architecture(ctx.out_dir / "architecture.json", out_info)
-        return out_info
-
-
-# ----------------------------------------------------------------------------- training loop
-
-
-def _train(ctx, config, info, task, data, eval_data, teacher_dir) -> StepResult:
-    import torch
-
-    from slimops.core import cache_key
-    from slimops.students import param_count
-
-    student = task.student.train()
-    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=float(config.lr))
-    n = len(data)
-    per_epoch = math.ceil(n / config.batch_size)
-    metric = metric_name(info.task, eval_data) if eval_data is not None else None
-
-    ckpt_dir = checkpoint_dir(ctx.final_out)
-    keyed = {"model": ctx.model_dir} if teacher_dir == ctx.model_dir else {"model": ctx.model_dir, "teacher": teacher_dir}
-    config_hash = cache_key("distill", config, keyed)
-    step, best_metric, best_step, stale_evals, best_state = 0, None, None, 0, None
-    history: list[dict] = []
-    resumed_from = 0
-    discarded = False
-    saved = load_checkpoint(ckpt_dir, config_hash)
-    if saved is None and ckpt_dir.exists():
-        discarded = True  # another config or teacher: start over
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-    if saved is not None:
-        meta, weights, best_weights, opt_tensors = saved
-        student.load_state_dict(weights)
-        optimizer.load_state_dict(unflatten_optimizer(opt_tensors, meta["optimizer"]))
-        if "__torch_rng_state__" in opt_tensors:
-            torch.set_rng_state(opt_tensors["__torch_rng_state__"])
-        step = resumed_from = meta["step"]
-        best_metric, best_step, stale_evals = meta["best_metric"], meta["best_step"], meta["stale_evals"]
-        history = meta.get("history", [])
-        best_state = best_weights
-
-    teacher_metric = None
-    if eval_data is not None:
-        teacher_metric = task_metrics(task.outputs(task.teacher, eval_data), eval_data)[metric]
-
-    eval_seconds = 0.0
-
-    def evaluate() -> float:
-        nonlocal eval_seconds
-        began = time.perf_counter()
-        value = task_metrics(task.outputs(student, eval_data), eval_data)[metric]
-        eval_seconds += time.perf_counter() - began
-        return value
-
-    if eval_data is not None and best_metric is None:
-        best_metric, best_step, best_state = evaluate(), 0, clone(student.state_dict())  # the untrained student
-        history.append({"step": 0, metric: round(best_metric, 4)})
-
-    tty = sys.stderr.isatty()
-    losses: list[float] = []
-    started, eval_seconds = time.perf_counter(), 0.0
-    first_step = step
-    stopped_early = False
-    with progress.task(f"distilling {'encoder' if info.format == 'hf' else 'classifier'} for {config.max_steps} "
-                       f"steps on {n} examples (loss, {metric or 'no eval'} every {config.eval_every})",
-                       config.max_steps) as advance:
-        if step:
-            advance(step)
-        while step < config.max_steps:
-            epoch, batch = divmod(step, per_epoch)
-            order = np.random.default_rng([config.seed, epoch]).permutation(n)
-            idx = order[batch * config.batch_size:(batch + 1) * config.batch_size]
-            optimizer.zero_grad()
-            loss = task.loss(torch.from_numpy(idx))
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-            step += 1
-            advance()
-            if step % config.eval_every == 0 or step == config.max_steps:
-                record = {"step": step, "loss": round(float(np.mean(losses[-config.eval_every:])), 6)}
-                if eval_data is not None:
-                    value = evaluate()
-                    record[metric] = round(value, 4)
-                    if value > best_metric:
-                        best_metric, best_step, best_state, stale_evals = value, step, clone(student.state_dict()), 0
-                    else:
-                        stale_evals += 1
-                history.append(record)
-                if tty:
-                    progress.note(f"step {step}: " + ", ".join(f"{k} {v}" for k, v in record.items()
-                                                                              if k != "step"))
-                if config.patience and stale_evals >= config.patience:
-                    stopped_early = True
-                if step < config.max_steps and not stopped_early:
-                    save_checkpoint(ckpt_dir, config_hash, student, optimizer, best_state, {
-                        "step": step, "best_metric": best_metric, "best_step": best_step,
-                        "stale_evals": stale_evals, "history": history})
-            if stopped_early:
-                break
-    seconds = time.perf_counter() - started - eval_seconds
-    steps_here = step - first_step
-
-    if best_state is None:  # no eval data: the last weights
-        best_state, best_step = clone(student.state_dict()), step
-    out_info = task.save(ctx, best_state)
-    student.load_state_dict(best_state)
-    student_metric = evaluate() if eval_data is not None else None
-
-    teacher_params, student_params = param_count(task.teacher), param_count(student)
-    metrics = {
-        "steps": step, "best_step": best_step, "resumed_from_step": resumed_from, "transfer_examples": n,
-        "teacher_params": teacher_params, "student_params": student_params,
-        "student_trainable_params": sum(p.numel() for p in student.parameters() if p.requires_grad),
-        "param_ratio": round(student_params / teacher_params, 4),
-        "final_loss": round(float(np.mean(losses[-config.eval_every:])), 6) if losses else None,
-        "seconds_per_step": round(seconds / steps_here, 4) if steps_here else None,  # training only
-        "eval_seconds": round(eval_seconds, 2),
-    }
-    if eval_data is not None:
-        metrics.update({"metric": metric, "teacher_metric": teacher_metric, "student_metric": student_metric,
-                        "metric_drop": teacher_metric - student_metric})
-    details = {
-        "student": config.student.model_dump(exclude_none=True), "lr": float(config.lr),
-        "resumed_from_step": resumed_from, "stopped_early": stopped_early,
-        "stale_checkpoint_discarded": discarded,
-        "checkpoint_dir": str(ckpt_dir), "history": history,
-        "optimizer": "AdamW; state checkpointed as safetensors + JSON and restored on resume",
-    }
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return StepResult(model_info=out_info, metrics=metrics, details=details)
 
 
 STEP = Distill

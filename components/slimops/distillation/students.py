@@ -1,4 +1,4 @@
-"""Students for the distill step, built from (or checked against) the teacher before any training.
+"""Students, built from (or checked against) the teacher before any training.
 
 - Hugging Face encoders: keep some of the teacher's transformer layers (weights copied), optionally with a
   narrower feed-forward block whose neurons are the teacher's largest-norm ones.
