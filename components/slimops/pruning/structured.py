@@ -1,8 +1,9 @@
-"""The structured side of the prune step: load, score, cut, write, check the written model, measure."""
+"""Structured pruning of a model directory: load, score, cut, write, check the written model, measure."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -10,51 +11,52 @@ from slimops.data import load_dataset
 from slimops.errors import BadInput
 from slimops.evaluate import check_inputs
 from slimops.handlers.runtime import dump_architecture, load, sample_batch
-from slimops.steps import StepResult
+from slimops.pruning import Pruned
 
 # The written model must reproduce the pruned model in memory: it is rebuilt from files, not pickled.
 PARITY_TOLERANCE = 1e-4
 
 
-def run_structured(ctx, config) -> StepResult:
-    info = ctx.model_info
+def prune_structured(model_dir: Path, info, config, out_dir: Path, threads: int | None = None) -> Pruned:
+    """Prune the model in ``model_dir`` as ``config`` (the prune step's fields) says and write it to ``out_dir``,
+    which already holds the input's other files (tokenizer, config, architecture)."""
     if config.mode == "channels" and info.format != "torch":
         raise BadInput(f"mode channels prunes conv/linear channels of PyTorch module directories, got {info.format} "
-                       f"in {ctx.model_dir}; for a Hugging Face encoder use mode heads, ffn or layers")
+                       f"in {model_dir}; for a Hugging Face encoder use mode heads, ffn or layers")
     if config.mode != "channels" and info.format != "hf":
         raise BadInput(f"mode {config.mode} prunes Hugging Face BERT-family encoders, got a {info.format} model "
-                       f"in {ctx.model_dir}; for a PyTorch CNN use mode channels")
+                       f"in {model_dir}; for a PyTorch CNN use mode channels")
     if info.format == "hf":
-        _precheck_encoder(ctx.model_dir, config)
+        _precheck_encoder(model_dir, config)
     calibration = None
     if config.calibration is not None:
         calibration = load_dataset(config.calibration)
         check_inputs(info, calibration, "calibration data")
         calibration = _limit(calibration, config.calibration_samples)
-    pruned = load(ctx.model_dir, info, ctx.threads)  # pruned in place below
+    pruned = load(model_dir, info, threads)  # pruned in place below
     if info.format == "torch":
         cost_before, cost_after, details = _prune_torch(pruned, info, config, calibration)
-        _write_torch(ctx, pruned.model, info)
+        _write_torch(out_dir, pruned.model, info)
     else:
         cost_before, cost_after, details = _prune_encoder(pruned, info, config, calibration)
-        _write_encoder(ctx, pruned.model)
+        _write_encoder(model_dir, out_dir, pruned.model)
 
     from slimops.pruning.measure import cost_metrics, latency_metrics
 
     timing_inputs = _timing_inputs(info, calibration, config.timing_samples)
-    written = load(ctx.out_dir, info, ctx.threads)
+    written = load(out_dir, info, threads)
     parity = float(np.abs(written.predict(timing_inputs[:8]) - pruned.predict(timing_inputs[:8])).max())
     if parity > PARITY_TOLERANCE:
         raise RuntimeError(f"the written model differs from the pruned one by {parity:.3g}; please report this bug")
     del pruned
-    original = load(ctx.model_dir, info, ctx.threads)
+    original = load(model_dir, info, threads)
     metrics = {"mode": config.mode, "amount": config.amount, **cost_metrics(cost_before, cost_after),
                **latency_metrics(original, written, timing_inputs, rounds=config.timing_rounds,
                                  latency_runs=config.latency_runs),
                "reload_max_abs_diff": parity}
     details.update({"importance": config.importance, "scope": config.scope,
                     "macs_note": _MACS_NOTE[info.format].format(seq=config.macs_seq_len)})
-    return StepResult(model_info=info, metrics=metrics, details=details)
+    return Pruned(metrics=metrics, details=details)
 
 
 def _precheck_encoder(model_dir, config) -> None:
@@ -119,18 +121,17 @@ def _prune_torch(runnable, info, config, calibration):
     return before, torch_cost(model, example[:1]), details
 
 
-def _write_torch(ctx, model, info) -> None:
+def _write_torch(out_dir: Path, model, info) -> None:
     from safetensors.torch import save_file
 
-    ctx.carry_files()
-    target = ctx.out_dir / info.file
+    target = out_dir / info.file
     target.parent.mkdir(parents=True, exist_ok=True)
     target.unlink(missing_ok=True)
     # The narrower shapes are in the tensors themselves; architecture.json stays the factory's.
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(target),
               metadata={"format": "pt"})
-    if not (ctx.out_dir / "architecture.json").is_file():
-        dump_architecture(ctx.out_dir / "architecture.json", info)
+    if not (out_dir / "architecture.json").is_file():
+        dump_architecture(out_dir / "architecture.json", info)
 
 
 def _prune_encoder(runnable, info, config, calibration):
@@ -176,12 +177,11 @@ def _heads(model, config) -> dict:
     return transformer.prune_heads(model, config.amount, config.scope, config.importance, config.norm, skip=excluded)
 
 
-def _write_encoder(ctx, model) -> None:
+def _write_encoder(model_dir: Path, out_dir: Path, model) -> None:
     from safetensors.torch import save_file
 
-    ctx.carry_files()
-    config_path = ctx.out_dir / "config.json"
-    config = json.loads((ctx.model_dir / "config.json").read_text())
+    config_path = out_dir / "config.json"
+    config = json.loads((model_dir / "config.json").read_text())
     # Only the keys that describe the new layout change; the rest of the file stays as it was.
     config["num_hidden_layers"] = model.config.num_hidden_layers
     config["intermediate_size"] = model.config.intermediate_size
@@ -191,7 +191,7 @@ def _write_encoder(ctx, model) -> None:
         config.pop("pruned_heads", None)
     config_path.unlink(missing_ok=True)  # never write through a hard link carried from the input
     config_path.write_text(json.dumps(config, indent=2) + "\n")
-    target = ctx.out_dir / "model.safetensors"
+    target = out_dir / "model.safetensors"
     target.unlink(missing_ok=True)
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(target),
               metadata={"format": "pt"})
