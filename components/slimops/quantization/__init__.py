@@ -1,4 +1,4 @@
-"""The ONNX Runtime quantizer calls behind the quantize step, one function per mode."""
+"""ONNX Runtime quantization, one function per mode; the accuracy-aware search is in ``accuracy``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,28 @@ import numpy as np
 
 from slimops.errors import BadInput
 from slimops.onnx_graph import gemm_to_matmul
+
+
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def count_quantized(path: Path) -> dict[str, int]:
+    """How many nodes of each quantized op type the written graph holds (what the quantizer really changed)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    counts: dict[str, int] = {}
+    for node in graph.node:
+        if any(tag in node.op_type for tag in ("Integer", "QLinear", "QuantizeLinear", "NBits", "QAttention",
+                                                 "DynamicQuantize", "QGemm", "QEmbed", "QGather")):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
 
 
 def quantize_model(source: Path, target: Path, config, exclude: list[str], model_dir: Path, calibration=None) -> None:

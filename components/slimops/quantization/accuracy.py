@@ -25,15 +25,18 @@ from slimops.quantization import quantize_model
 _WEIGHTED_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "Attention", "Gather", "EmbedLayerNormalization"}
 
 
-def accuracy_aware(ctx, source: Path, target: Path, config, calibration) -> dict:
+def accuracy_aware(source: Path, target: Path, config, calibration, model_dir: Path, info,
+                   threads: int | None = None) -> dict:
+    """Write ``target`` quantized from ``source`` (the ONNX model of ``model_dir``, described by ``info``) with as
+    few nodes in float as ``config.accuracy`` allows; return the search for the manifest."""
     target_cfg = config.accuracy
     data = load_dataset(target_cfg.data)
-    name = metric_name(ctx.model_info.task, data)
-    check_inputs(ctx.model_info, data, "accuracy data")
+    name = metric_name(info.task, data)
+    check_inputs(info, data, "accuracy data")
     workdir = Path(tempfile.mkdtemp(prefix="slimops-aaq-"))
     try:
         def run_model(path: Path, inputs) -> np.ndarray:
-            model = OnnxModel(path.parent, ctx.model_info.model_copy(update={"file": path.name}), ctx.threads)
+            model = OnnxModel(path.parent, info.model_copy(update={"file": path.name}), threads)
             return predict_all(model, inputs, 32)
 
         def metric_of(path: Path) -> float:
@@ -41,10 +44,10 @@ def accuracy_aware(ctx, source: Path, target: Path, config, calibration) -> dict
 
         def quantize(exclude: list[str]) -> Path:
             out = workdir / "model.onnx"
-            quantize_model(source, out, config, exclude, ctx.model_dir, calibration)
+            quantize_model(source, out, config, exclude, model_dir, calibration)
             return out
 
-        _link_tokenizer(ctx.model_dir, workdir)
+        _link_tokenizer(model_dir, workdir)
         baseline = metric_of(source)
         base_exclude = list(config.exclude_nodes)
         current = metric_of(quantize(base_exclude))
@@ -53,7 +56,7 @@ def accuracy_aware(ctx, source: Path, target: Path, config, calibration) -> dict
         ranking: list[tuple[str, float]] = []
         if baseline - current > target_cfg.max_metric_drop:
             ranking = _rank_nodes(source, base_exclude, data.inputs[: target_cfg.sensitivity_samples],
-                                  run_model, quantize, ctx.model_info.task)
+                                  run_model, quantize, info.task)
             limit = min(target_cfg.max_float_nodes, len(ranking))
             k = 1
             while baseline - current > target_cfg.max_metric_drop and k <= limit:

@@ -3,13 +3,13 @@ and an accuracy-aware search that keeps the most sensitive nodes in float until 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from slimops.data import DataSpec, load_dataset
 from slimops.evaluate import check_inputs
+from slimops.quantization import cpu_has_vnni
 from slimops.steps import Step, StepConfig, StepResult
 
 
@@ -61,7 +61,7 @@ class Quantize(Step):
         return config.model_copy(update=update) if update else config
 
     def run(self, ctx, config: QuantizeConfig) -> StepResult:
-        from slimops.quantization import quantize_model
+        from slimops.quantization import count_quantized, quantize_model
 
         info = ctx.model_info
         ctx.require_onnx("quantize")
@@ -77,7 +77,7 @@ class Quantize(Step):
         else:
             from slimops.quantization.accuracy import accuracy_aware
 
-            details.update(accuracy_aware(ctx, source, target, config, calibration))
+            details.update(accuracy_aware(source, target, config, calibration, ctx.model_dir, info, ctx.threads))
         precision = {"dynamic": "int8", "static": "int8", "int4": "int4", "fp16": "fp16"}[config.mode]
         out_info = info.model_copy(update={"file": "model.onnx", "precision": precision})
         size = sum(p.stat().st_size for p in ctx.out_dir.glob("model.onnx*"))
@@ -85,27 +85,6 @@ class Quantize(Step):
         details["quantized_nodes"] = count_quantized(target)
         return StepResult(model_info=out_info, metrics={"size_mb": size / 1e6, "source_size_mb": source_size / 1e6},
                           details=details)
-
-
-def cpu_has_vnni() -> bool:
-    """Whether this CPU has int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
-
-
-def count_quantized(path: Path) -> dict[str, int]:
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    counts: dict[str, int] = {}
-    for node in graph.node:
-        if any(tag in node.op_type for tag in ("Integer", "QLinear", "QuantizeLinear", "NBits", "QAttention",
-                                                 "DynamicQuantize", "QGemm", "QEmbed", "QGather")):
-            counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return counts
 
 
 STEP = Quantize
