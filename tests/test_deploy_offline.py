@@ -138,9 +138,7 @@ def test_azure_request_bodies_and_call_order():
     ops = az.plan_rollout(names["endpoint"], names["deployment"], "d-old", rollout, target.mirror_percent)
     hook, actions = RecordingAzureHook(), []
     model_ref = "azureml:minilm-sts-abcdef0123:1"
-    from slimops.steps.deploy import execute_azure
-
-    bodies = execute_azure(hook, target, names, ops, model_ref, {"slimops:model": "abcdef0123"}, actions)
+    bodies = az.execute_operations(hook, target, names, ops, model_ref, {"slimops:model": "abcdef0123"}, actions)
     new = names["deployment"]
     assert hook.calls == [
         ("deployment", new, "Standard_NC4as_T4_v3"),

@@ -1,8 +1,8 @@
-"""Deploy targets: one module per cloud, each a thin client wrapper ("hook") plus its typed target config.
-
-The ``deploy`` step (slimops.steps.deploy) orchestrates: it checks the gate, checks credentials, packages the
-validated model, then asks the target's hook to create or update the endpoint. Cloud SDKs are imported only
-inside the target module that needs them, and only when that target runs.
+"""Deploy targets: one module per cloud, each a complete client: its typed target config, a thin client wrapper
+("hook"), and ``deploy()``, which checks credentials and the target's preflight, packages the validated model,
+then creates or updates the endpoint (or renders manifests, for KServe). The ``deploy`` step checks the gate
+before calling it and writes ``deployment.json`` after. Cloud SDKs are imported only inside the target module
+that needs them, and only when that target runs.
 
 What every target shares lives here: the rollout policy (canary / linear / all at once), the traffic-split
 checks, deterministic resource names, and the serving artifact (a Triton model repository, so one ONNX model
@@ -16,13 +16,14 @@ import io
 import os
 import re
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from slimops.errors import BadInput
-from slimops.manifest import MANIFEST, digest_of, link_or_copy
+from slimops.manifest import MANIFEST, digest_of, link_or_copy, write_json_atomic
 
 MAX_CANARY_PERCENT = 50  # a canary is a minority of traffic; more than half is a cut-over, not a canary
 LINEAGE_FILES = (MANIFEST, "gate_report.json")
@@ -81,6 +82,19 @@ class Rollout(BaseModel):
         else:
             shares = list(range(self.linear_step_percent, 100, self.linear_step_percent)) + [100]
         return shares if self.finish else shares[:1]
+
+
+@dataclass
+class Deployed:
+    """What a target's ``deploy()`` did: ``record`` goes into deployment.json, ``details`` into the manifest."""
+
+    record: dict  # actions (created, reused, updated, deleted, rendered) and what the target reports
+    details: dict
+
+
+def write_tfvars(out_dir: Path, values: dict) -> None:
+    """``terraform.tfvars.json`` for the target's module under terraform/modules/."""
+    write_json_atomic(out_dir / "terraform.tfvars.json", values)
 
 
 def model_hash(gate_report: dict) -> str:

@@ -13,13 +13,17 @@ the SDK), so slimops checks every map before sending it.
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
 
-from slimops.deploy import MAX_CANARY_PERCENT, Rollout, TargetConfig, missing_credentials, require_sdk, resource_name
+from slimops.deploy import (MAX_CANARY_PERCENT, Deployed, Rollout, TargetConfig, missing_credentials, require_sdk,
+                            resource_name, write_model_repository, write_tfvars)
+from slimops.manifest import write_json_atomic
 from slimops.errors import BadInput
 
 # Managed online endpoint SKUs (Azure ML's "managed online endpoints SKU list"); GPU ones first.
@@ -206,3 +210,71 @@ def terraform_variables(target: AzureMLTarget, rollout: Rollout, endpoint: str, 
         "instance_type": target.instance_type,
         "instance_count": target.instance_count,
     }
+
+
+# ----------------------------------------------------------------------------- the deployment
+
+
+def deploy(target: AzureMLTarget, rollout: Rollout, name: str, model_id: str, model_dir: Path, model_file: str,
+           out_dir: Path) -> Deployed:
+    """Register the Triton model, then create or update the endpoint's deployments and traffic; the request bodies
+    go to ``out_dir/requests/azureml.json``, the Terraform values to ``out_dir/terraform.tfvars.json``."""
+    hook = AzureMLHook(target)
+    hook.check_credentials()
+    resources = names(name, model_id)
+    repository = write_model_repository(model_dir, model_file, name, out_dir / "model_repository")
+    tags = {"slimops:model": model_id}
+    model_ref, created = hook.ensure_model(model_entity(repository, resources["model"], resources["version"], tags))
+    actions = [{"action": "created" if created else "reused", "kind": "model", "name": model_ref}]
+    details = {"endpoint": resources["endpoint"], "deployment": resources["deployment"]}
+
+    existing = hook.get_endpoint(resources["endpoint"])
+    traffic = dict(existing.traffic or {}) if existing is not None else None
+    old = None
+    if traffic is not None:
+        if traffic.get(resources["deployment"]) == 100:
+            reused = {"action": "reused", "kind": "endpoint", "name": resources["endpoint"]}
+            return Deployed({"actions": actions + [reused], "operations": []}, details)
+        serving = [d for d, share in traffic.items() if share > 0 and d != resources["deployment"]]
+        if len(serving) > 1:
+            raise BadInput(f"Azure ML endpoint {resources['endpoint']} splits traffic over {', '.join(serving)}, a "
+                           "rollout slimops did not start; finish it first")
+        old = serving[0] if serving else None
+        if old is None:  # an endpoint with no live deployment: the new one takes everything
+            traffic = None
+    ops = plan_rollout(resources["endpoint"], resources["deployment"], old, rollout, target.mirror_percent)
+    if traffic is not None:  # the endpoint exists: nothing to create, only to update
+        ops = [op for op in ops if op["op"] != "create_endpoint"]
+    bodies = execute_operations(hook, target, resources, ops, model_ref, tags, actions)
+    (out_dir / "requests").mkdir(exist_ok=True)
+    write_json_atomic(out_dir / "requests" / "azureml.json", bodies)
+    write_tfvars(out_dir, terraform_variables(target, rollout, name, model_ref))
+    return Deployed({"actions": actions, "operations": ops}, {**details, "instance_type": target.instance_type})
+
+
+def execute_operations(hook, target: AzureMLTarget, resources: dict, ops: list[dict], model_ref: str, tags: dict,
+                       actions: list[dict]) -> list[dict]:
+    """Send the planned operations in order; returns the REST bodies sent (what Azure ML received)."""
+    bodies = []
+    for op in ops:
+        if op["op"] == "create_endpoint":
+            entity = endpoint_entity(resources["endpoint"], {}, {}, tags)
+            bodies.append({"op": op["op"], "body": entity._to_rest_online_endpoint(target.location).as_dict()})
+            hook.create_or_update_endpoint(entity)
+            actions.append({"action": "created", "kind": "endpoint", "name": resources["endpoint"]})
+        elif op["op"] == "create_deployment":
+            entity = deployment_entity(target, resources["endpoint"], op["deployment"], model_ref, tags)
+            bodies.append({"op": op["op"], "body": entity._to_rest_object(target.location).as_dict()})
+            hook.create_or_update_deployment(entity)
+            actions.append({"action": "created", "kind": "deployment", "name": op["deployment"]})
+        elif op["op"] == "set_traffic":
+            check_traffic(op["traffic"], op["mirror_traffic"])
+            entity = endpoint_entity(resources["endpoint"], op["traffic"], op["mirror_traffic"], tags)
+            bodies.append({"op": op["op"], "body": entity._to_rest_online_endpoint(target.location).as_dict()})
+            hook.create_or_update_endpoint(entity)
+            actions.append({"action": "updated", "kind": "traffic", "name": json.dumps(op["traffic"])})
+            time.sleep(op.get("bake_seconds", 0))
+        elif op["op"] == "delete_deployment":
+            hook.delete_deployment(op["deployment"], resources["endpoint"])
+            actions.append({"action": "deleted", "kind": "deployment", "name": op["deployment"]})
+    return bodies

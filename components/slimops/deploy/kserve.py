@@ -13,12 +13,13 @@ plus ``model_repository/``, the Triton model repository to copy to ``storage_uri
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import Field, field_validator
 
-from slimops.deploy import Rollout, TargetConfig
+from slimops.deploy import Deployed, Rollout, TargetConfig, write_model_repository
 
 GPU_RESOURCE = "nvidia.com/gpu"
 
@@ -93,3 +94,21 @@ def render(target: KServeTarget, rollout: Rollout, name: str, model_id: str, ann
     }
     header = "# Rendered by `slimops step deploy` (target kserve); edit the recipe, not this file.\n"
     return {file: header + yaml.safe_dump(doc, sort_keys=False) for file, doc in manifests.items()}
+
+
+# ----------------------------------------------------------------------------- the deployment
+
+
+def deploy(target: KServeTarget, rollout: Rollout, name: str, model_id: str, model_dir: Path, model_file: str,
+           out_dir: Path) -> Deployed:
+    """Write the manifests and the Triton model repository into ``out_dir``; nothing is applied."""
+    manifests = render(target, rollout, name, model_id, {"slimops.io/model-id": model_id, "slimops.io/gate": "passed"})
+    for file, text in manifests.items():
+        (out_dir / file).write_text(text)
+    write_model_repository(model_dir, model_file, name, out_dir / "model_repository")
+    record = {"actions": [{"action": "rendered", "kind": "manifest", "name": file} for file in manifests],
+              "storage_uri": target.storage_uri,
+              "next": f"copy model_repository/ to {target.storage_uri}, then kubectl apply -f inferenceservice.yaml; "
+                      "inferenceservice-promote.yaml moves to 100%, inferenceservice-rollback.yaml back to the "
+                      "previous revision"}
+    return Deployed(record, {"manifests": sorted(manifests), "gpus": target.gpus})

@@ -16,6 +16,7 @@ and carries on from there instead of creating them twice.
 from __future__ import annotations
 
 import hashlib
+import tempfile
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -24,7 +25,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from slimops.deploy import Rollout, TargetConfig, missing_credentials, require_sdk, resource_name
+from slimops.deploy import (Deployed, Rollout, TargetConfig, missing_credentials, require_sdk, resource_name,
+                            write_model_tarball, write_tfvars)
 from slimops.errors import BadInput, GateFailed, SlimopsError
 
 # GPU families among SageMaker's real-time instance types (the list itself comes from botocore's API model).
@@ -434,3 +436,44 @@ def terraform_variables(target: SageMakerTarget, rollout: Rollout, plan: Plan) -
         "max_execution_seconds": target.max_execution_seconds,
         "extra_rollback_alarm_names": list(target.alarms),
     }
+
+
+# ----------------------------------------------------------------------------- the deployment
+
+
+def deploy(target: SageMakerTarget, rollout: Rollout, name: str, model_id: str, model_dir: Path, model_file: str,
+           out_dir: Path) -> Deployed:
+    """Preflight, upload the Triton model tarball, roll out; ``terraform.tfvars.json`` goes into ``out_dir``."""
+    hook = SageMakerHook(target.region, target.profile)
+    hook.check_credentials()
+    preflight(hook, target)
+
+    key = f"{target.prefix}/{name}/{model_id}/model.tar.gz"
+    plan = Plan.build(name, model_id, f"s3://{target.bucket}/{key}")
+    with tempfile.TemporaryDirectory(prefix="slimops-deploy-") as tmp:
+        tarball = write_model_tarball(model_dir, model_file, plan.triton_name, Path(tmp) / "model.tar.gz")
+        upload_artifact(hook, tarball, target.bucket, key, target.kms_key_id, plan)
+    endpoint = roll_out(hook, target, rollout, plan)
+    record = {"actions": plan.actions, "traffic": plan.traffic,
+              "resources": {"model": plan.model, "endpoint_config": plan.config, "endpoint": plan.endpoint,
+                            "model_data_url": plan.model_data_url},
+              "gpu": is_gpu(target.instance_type),
+              "endpoint_arn": endpoint.get("EndpointArn"), "endpoint_status": endpoint.get("EndpointStatus")}
+    write_tfvars(out_dir, terraform_variables(target, rollout, plan))
+    return Deployed(record, {"endpoint": plan.endpoint, "model": plan.model, "instance_type": target.instance_type})
+
+
+def preflight(hook: SageMakerHook, target: SageMakerTarget) -> None:
+    """What would otherwise fail half-way: the bucket and every rollback alarm must exist."""
+    from botocore.exceptions import ClientError
+
+    try:
+        hook.s3.head_bucket(Bucket=target.bucket)
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code")
+        raise BadInput(f"S3 bucket {target.bucket!r} is not reachable ({code}); create it (terraform/modules/"
+                       "sagemaker-endpoint makes one) or fix target.bucket. Nothing was created") from None
+    missing = hook.missing_alarms(target.alarms)
+    if missing:
+        raise BadInput(f"CloudWatch alarm(s) {', '.join(missing)} not found in {target.region}; create them or fix "
+                       "target.alarms. Nothing was created")

@@ -9,14 +9,17 @@ traffic split, then the traffic updates and the UndeployModelRequest of the repl
 
 from __future__ import annotations
 
+import json
 import re
+import time
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 
-from slimops.deploy import Rollout, TargetConfig, missing_credentials, require_sdk, resource_name
+from slimops.deploy import (Deployed, Rollout, TargetConfig, missing_credentials, require_sdk, resource_name,
+                            write_model_repository, write_tfvars)
 from slimops.errors import BadInput
 
 # machine type pattern -> (accelerator type, allowed accelerator counts); None: no accelerator allowed.
@@ -282,3 +285,77 @@ def terraform_variables(target: VertexTarget, rollout: Rollout, endpoint: str, a
         "region": target.location,
         "artifact_bucket_name": target.bucket,
     }
+
+
+# ----------------------------------------------------------------------------- the deployment
+
+
+def deploy(target: VertexTarget, rollout: Rollout, name: str, model_id: str, model_dir: Path, model_file: str,
+           out_dir: Path) -> Deployed:
+    """Upload the Triton model repository and the model, deploy it next to the one it replaces, shift traffic;
+    the Terraform values go to ``out_dir/terraform.tfvars.json``."""
+    from google.protobuf.json_format import MessageToDict
+
+    hook = VertexHook(target)
+    hook.check_credentials()
+    resource_ids = ids(name, model_id)
+    new_id = deployed_id(model_id)
+    endpoint_name = f"{parent(target)}/endpoints/{resource_ids['endpoint']}"
+    existing = hook.get_endpoint(endpoint_name)
+    old = None
+    if existing is not None:
+        split = dict(existing.traffic_split)
+        if split.get(new_id) == 100:
+            return Deployed({"actions": [{"action": "reused", "kind": "endpoint", "name": endpoint_name}],
+                             "requests": []}, {"endpoint": endpoint_name})
+        serving = [d for d, share in split.items() if share > 0 and d != new_id]
+        if len(serving) > 1:
+            raise BadInput(f"Vertex AI endpoint {endpoint_name} splits traffic over {', '.join(serving)}, a rollout "
+                           "slimops did not start; finish it first")
+        old = serving[0] if serving else None
+    artifact_uri = f"gs://{target.bucket}/{target.prefix}/{name}/{model_id}"
+    requests = plan_requests(target, resource_ids["endpoint"], resource_ids["model"], new_id, old, artifact_uri, name,
+                             rollout)
+    if existing is not None:
+        requests = [(kind, req) for kind, req in requests if kind != "create_endpoint"]
+    repository = write_model_repository(model_dir, model_file, name, out_dir / "model_repository")
+    actions = []
+    execute_requests(hook, repository, artifact_uri, requests, actions, rollout.bake_seconds)
+    write_tfvars(out_dir, terraform_variables(target, rollout, name, artifact_uri))
+    record = {"actions": actions, "requests": [{"call": kind, "request": MessageToDict(type(req).pb(req))}
+                                               for kind, req in requests]}
+    return Deployed(record, {"endpoint": endpoint_name, "machine_type": target.machine_type})
+
+
+def execute_requests(hook, repository: Path, artifact_uri: str, requests: list, actions: list[dict],
+                     bake_seconds: int) -> None:
+    """Send the requests in order, each long-running operation waited for."""
+    uploaded = False
+    for kind, request in requests:
+        if kind == "upload_model":
+            model_name = f"{request.parent}/models/{request.model_id}"
+            if hook.get_model(model_name) is not None:  # a retry: the model is already registered
+                actions.append({"action": "reused", "kind": "model", "name": model_name})
+                continue
+            if not uploaded:
+                hook.upload_directory(repository, artifact_uri)
+                uploaded = True
+                actions.append({"action": "created", "kind": "gcs_objects", "name": artifact_uri})
+            hook.models.upload_model(request=request).result()
+            actions.append({"action": "created", "kind": "model", "name": model_name})
+        elif kind == "create_endpoint":
+            hook.endpoints.create_endpoint(request=request).result()
+            actions.append({"action": "created", "kind": "endpoint", "name": request.endpoint_id})
+        elif kind == "deploy_model":
+            hook.endpoints.deploy_model(request=request).result()
+            actions.append({"action": "created", "kind": "deployed_model", "name": request.deployed_model.id})
+            if len(request.traffic_split) > 1:
+                time.sleep(bake_seconds)
+        elif kind == "update_traffic":
+            hook.endpoints.update_endpoint(request=request)
+            actions.append({"action": "updated", "kind": "traffic", "name": json.dumps(dict(request.endpoint.traffic_split))})
+            if len(request.endpoint.traffic_split) > 1:
+                time.sleep(bake_seconds)
+        elif kind == "undeploy_model":
+            hook.endpoints.undeploy_model(request=request).result()
+            actions.append({"action": "deleted", "kind": "deployed_model", "name": request.deployed_model_id})
