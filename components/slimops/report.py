@@ -8,18 +8,26 @@ is escaped so it can neither end a table cell nor become raw HTML (``_md``).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
 
+from slimops.errors import BadInput
 from slimops.manifest import read_manifest
 
+RUN_SUMMARY = "run.json"  # written by the runner, read here
 TEMPLATE = "report.html.j2"
 
 
-def write_report(run_dir: Path) -> tuple[Path, Path]:
-    from slimops.runner import load_summary
+def load_summary(run_dir: Path) -> dict:
+    path = Path(run_dir) / RUN_SUMMARY
+    if not path.is_file():
+        raise BadInput(f"{run_dir} holds no {RUN_SUMMARY}; give the directory a `slimops run` wrote")
+    return json.loads(path.read_text())
 
+
+def write_report(run_dir: Path) -> tuple[Path, Path]:
     run_dir = Path(run_dir)
     summary = load_summary(run_dir)
     manifests = {r["id"]: read_manifest(Path(r["out"])) or {} for r in summary["steps"]}

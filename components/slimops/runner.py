@@ -20,8 +20,8 @@ from slimops.manifest import atomic_dir, clean_stale_temps, hash_tree, out_lock,
 from slimops.plan import StepCall, plan_recipe
 from slimops import progress
 from slimops.recipe import Recipe, load_recipe
+from slimops.report import RUN_SUMMARY, write_report
 
-RUN_SUMMARY = "run.json"
 
 
 @dataclass
@@ -197,8 +197,6 @@ def _run(recipe: Recipe, run_dir: Path, use_cache: bool) -> RunResult:
         "exit_code": exit_code,
     }
     write_json_atomic(run_dir / RUN_SUMMARY, summary)
-    from slimops.report import write_report
-
     write_report(run_dir)
     return RunResult(run_dir=run_dir, exit_code=exit_code, summary=summary)
 
@@ -214,10 +212,3 @@ def _stale(out: Path, manifest: dict, key: str) -> str | None:
         changed = sorted(name for name in set(expected) | set(actual) if expected.get(name) != actual.get(name))
         return f"its files changed since it was written ({', '.join(changed[:3])})"
     return None
-
-
-def load_summary(run_dir: Path) -> dict:
-    path = Path(run_dir) / RUN_SUMMARY
-    if not path.is_file():
-        raise BadInput(f"{run_dir} holds no {RUN_SUMMARY}; give the directory a `slimops run` wrote")
-    return json.loads(path.read_text())
