@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from slimops.handlers.runtime import Runnable, _TextMixin
+from slimops.handlers.base import Runnable, TextMixin
 
 
-class OpenVinoModel(_TextMixin, Runnable):
+class OpenVinoModel(TextMixin, Runnable):
     def __init__(self, model_dir, info, threads=None):
         super().__init__(model_dir, info)
         import openvino as ov

@@ -8,57 +8,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from slimops.errors import BadInput
+from slimops.handlers.base import Runnable, TextMixin
 from slimops.handlers.info import ModelInfo, describe, read_packed
 
 
-class Runnable:
-    def __init__(self, model_dir: Path, info: ModelInfo):
-        self.model_dir = Path(model_dir)
-        self.info = info
-
-    def predict(self, batch) -> np.ndarray:  # pragma: no cover - interface
-        raise NotImplementedError
-
-
-class _TextMixin:
-    """Tokenise the way the baseline was trained to be fed, then pool like sentence-transformers."""
-
-    def _init_tokenizer(self) -> None:
-        from transformers import AutoTokenizer
-
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), trust_remote_code=False)
-        except (KeyboardInterrupt, SystemExit, MemoryError, BadInput):
-            raise
-        except BaseException as err:  # transformers' errors, and the tokenizers library's Rust panics
-            from slimops.formats import one_line
-
-            raise BadInput(f"cannot load the tokenizer in {self.model_dir} ({type(err).__name__}: "
-                           f"{one_line(err, 200)}); copy the tokenizer files of the base model beside it") from None
-
-    def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        return dict(self.tokenizer(list(texts), padding=True, truncation=True,
-                                   max_length=self.info.max_length, return_tensors="np"))
-
-    def finish(self, output: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        if self.info.task != "sentence-embedding":
-            return output
-        if self.info.pooling == "cls":
-            pooled = output[:, 0]
-        else:
-            mask = attention_mask[..., None].astype(output.dtype)
-            pooled = (output * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
-        if self.info.normalize:
-            pooled = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
-        return pooled.astype(np.float32)
-
-
-class HFModel(_TextMixin, Runnable):
+class HFModel(TextMixin, Runnable):
     def __init__(self, model_dir, info, threads=None):
         super().__init__(model_dir, info)
         import torch
@@ -148,7 +106,7 @@ class TorchModule(Runnable):
             return self.model(torch.as_tensor(np.asarray(batch, dtype=np.float32))).float().numpy()
 
 
-class OnnxModel(_TextMixin, Runnable):
+class OnnxModel(TextMixin, Runnable):
     """An ONNX Runtime session on ``model_dir/info.file``, or on ``model_bytes`` (a packed model, decompressed)."""
 
     def __init__(self, model_dir, info, threads=None, providers=None, model_bytes: bytes | None = None):
