@@ -211,6 +211,25 @@ BUILD_CHECKS = """
         with DAG("d1"):
             step_operator("quantize")(task_id="q", model="/m", config={"mode": "int3"})
 
+    def quantize_after_train():  # the one-liner on a trained PyTorch model: refused when the DAG is parsed
+        with DAG("d3"):
+            trained = step_operator("train")(task_id="train", model=%(torch)r,
+                                             config={"data": {"format": "digits", "split": "train"}})
+            step_operator("quantize")(task_id="int8", model=trained.output, config={"mode": "dynamic"})
+
+    def quantize_on_a_torch_dir():
+        with DAG("d4"):
+            step_operator("quantize")(task_id="int8", model=%(torch)r)
+
+    def quantize_declared_torch():
+        with DAG("d5"):
+            step_operator("quantize")(task_id="int8", model="{{ params.model }}", model_format="torch")
+
+    def export_then_quantize():
+        with DAG("d6"):
+            onnx = step_operator("export")(task_id="onnx", model="{{ params.model }}", model_format="torch")
+            step_operator("quantize")(task_id="int8", model=onnx.output)
+
     def start_after_the_gate():
         with DAG("d2"):
             slimops_task_group(%(ok)r, model="/m", start_after="validate")
@@ -231,6 +250,10 @@ BUILD_CHECKS = """
         "empty_gate": error(lambda: build_dag(%(empty_gate)r)),
         "operator": error(misconfigured_operator),
         "start_after": error(start_after_the_gate),
+        "quantize_after_train": error(quantize_after_train),
+        "quantize_on_a_torch_dir": error(quantize_on_a_torch_dir),
+        "quantize_declared_torch": error(quantize_declared_torch),
+        "export_then_quantize": error(export_then_quantize),
         "from_asset": [str(x) for x in hook.incoming_model({}, {"model": None}, events)],
         "conf_wins": [str(x) for x in hook.incoming_model({"model": %(old)r}, {}, events)],
         "no_model": error(lambda: hook.incoming_model({}, {}, TriggeringAssetEventsAccessor.build([]))),
@@ -240,7 +263,7 @@ BUILD_CHECKS = """
 
 
 @pytest.fixture(scope="module")
-def build_checks(airflow_env, tmp_path_factory) -> dict:
+def build_checks(airflow_env, tmp_path_factory, digits_trained) -> dict:
     tmp = tmp_path_factory.mktemp("bad-recipes")
     example = yaml.safe_load(EXAMPLE.read_text())
     no_gate = {**example, "steps": [s for s in example["steps"] if s["step"] not in ("validate", "register", "promote")]}
@@ -255,7 +278,7 @@ def build_checks(airflow_env, tmp_path_factory) -> dict:
     for name in ("old", "new"):
         (tmp / name).mkdir()
         paths[name] = str(tmp / name)
-    paths.update(ok=str(small_recipe(tmp / "ok.yaml", {"max_metric_drop": 5.0})), dags=str(DAGS),
+    paths.update(ok=str(small_recipe(tmp / "ok.yaml", {"max_metric_drop": 5.0})), dags=str(DAGS), torch=str(digits_trained),
                  missing=str(tmp / "missing"))
     return in_airflow(airflow_env, BUILD_CHECKS % paths) | {"paths": paths}
 
@@ -270,6 +293,15 @@ def test_recipe_errors_fail_the_dag_import_with_the_slimops_message(build_checks
 
 def test_operator_config_is_checked_when_the_dag_is_parsed(build_checks):
     assert build_checks["operator"].startswith("task q config.mode:"), build_checks["operator"]
+
+
+def test_a_step_given_a_format_it_cannot_take_fails_the_dag_import(build_checks):
+    """Quantize on a PyTorch model fails when the DAG is parsed, not when the task runs on a worker: the format
+    is known from the upstream slimops task, from a literal directory, or from model_format=."""
+    for case in ("quantize_after_train", "quantize_on_a_torch_dir", "quantize_declared_torch"):
+        assert build_checks[case] == ("task int8: quantize takes onnx models, and its model is torch; put "
+                                      "SlimopsExportOperator before it"), (case, build_checks[case])
+    assert build_checks["export_then_quantize"] is None
 
 
 def test_new_model_comes_from_conf_or_the_newest_asset_event(build_checks):

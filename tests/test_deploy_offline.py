@@ -290,12 +290,10 @@ def test_a_model_without_a_gate_report_exits_3(tmp_path, digits_onnx):
 
 
 def test_a_failed_gate_exits_3(tmp_path, digits_onnx, validated):
-    from slimops.errors import GateFailed
-
     failed = tmp_path / "failed"
-    with pytest.raises(GateFailed):
-        run_step("validate", digits_onnx, failed, {**FAST_VALIDATE, "gate": {"min_speedup": 1000.0}},
-                 inputs={"baseline": digits_onnx}, threads=1)
+    outcome = run_step("validate", digits_onnx, failed, {**FAST_VALIDATE, "gate": {"min_speedup": 1000.0}},
+                       inputs={"baseline": digits_onnx}, threads=1)
+    assert outcome.status == "gate_failed" and outcome.passed is False
     out = tmp_path / "deployed"
     done = deploy_cli(failed, out, {"name": "digits", "target": KSERVE})
     assert done.returncode == 3 and "the gate failed (speedup" in done.stderr, done.stderr

@@ -33,7 +33,8 @@ from conftest import REPO, cli_env, example_pipeline
 
 from slimops.cli import _parse_sets, build_parser
 from slimops.plan import plan_recipe
-from slimops.recipe import DATA_FIELDS, load_recipe
+from slimops.recipe import load_recipe
+from slimops.steps import map_data
 
 EXAMPLE = REPO / "examples" / "digits-pipeline.yaml"
 GOLDEN = REPO / "tests" / "golden" / "digits-pipeline.steps.json"
@@ -44,24 +45,19 @@ IMAGE = "registry.example.com/slimops:0.1.0"
 # ----------------------------------------------------------------------------- normalising
 
 
-def relative_data(config, recipe_dir: str):
+def relative_data(step: str, config, recipe_dir: str):
     """Data paths under the recipe directory made relative to it again (a runner places them under its own)."""
-    if isinstance(config, dict):
-        out = {}
-        for key, value in config.items():
-            if key in DATA_FIELDS and isinstance(value, dict) and str(value.get("path", "")).startswith("/"):
-                value = {**value, "path": os.path.relpath(value["path"], recipe_dir)}
-            out[key] = relative_data(value, recipe_dir)
-        return out
-    if isinstance(config, list):
-        return [relative_data(v, recipe_dir) for v in config]
-    return config
+    def relative(spec, _):
+        if isinstance(spec, dict) and str(spec.get("path", "")).startswith("/"):
+            return {**spec, "path": os.path.relpath(spec["path"], recipe_dir)}
+        return spec
+    return map_data(step, config, relative)
 
 
 def record(id, step, input, baseline, threads, after_gate, config, recipe_dir) -> dict:
     return {"id": id, "step": step, "input": input, "baseline": baseline,
             "threads": None if threads is None else int(threads), "after_gate": after_gate,
-            "config": relative_data(config, str(recipe_dir))}
+            "config": relative_data(step, config, str(recipe_dir))}
 
 
 def parse_command(argv: list[str]) -> dict:
@@ -439,14 +435,14 @@ def test_in_process_call_and_container_command_decide_the_same(size_limit, verdi
     assert done.returncode == 0, done.stderr[-3000:]  # a failed gate is a verdict the pipeline branches on
 
     reports = [json.loads((tmp_path / d / "gate_report.json").read_text()) for d in ("in-process", "command")]
-    assert in_process["gate_passed"] is verdict
+    assert in_process.passed is verdict and in_process.status == ("ok" if verdict else "gate_failed")
     assert (tmp_path / "passed").read_text() == ("true" if verdict else "false")
     assert [r["passed"] for r in reports] == [verdict, verdict]
-    assert reports[0]["reasons"] == reports[1]["reasons"] == in_process["reasons"]
+    assert reports[0]["reasons"] == reports[1]["reasons"] == list(in_process.reasons)
     assert reports[0]["checks"] == reports[1]["checks"]  # same checks, same limits, same measured values
     assert [c["check"] for c in reports[0]["checks"]] == ["metric_drop", "size_ratio"]
     assert bool(reports[0]["reasons"]) is not verdict
     command_manifest = json.loads((tmp_path / "command" / "manifest.json").read_text())
     assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(
         command_manifest["metrics"], sort_keys=True, default=str))
-    assert command_manifest["config"] == in_process["manifest"]["config"]
+    assert command_manifest["config"] == in_process["config"]

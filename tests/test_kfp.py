@@ -54,10 +54,21 @@ def fast_validate(config: dict) -> dict:
 # ----------------------------------------------------------------------------- components
 
 
-def test_every_registered_step_has_a_python_component():
-    from slimops.steps import step_names
+def test_every_registered_step_has_a_python_component_matching_its_declaration():
+    """The per-step functions are written out (KFP ships a function's source text); each is checked against the
+    step registry: one per step, calling its own step, a baseline input exactly when the step takes one, and a
+    gate's ``passed`` output exactly for a gate."""
+    import inspect
+
+    from slimops.steps import get_step, step_names
 
     assert sorted(STEP_FUNCTIONS) == sorted(step_names())
+    for name, function in STEP_FUNCTIONS.items():
+        step = get_step(name)
+        parameters = inspect.signature(function).parameters
+        assert f'run_step_task("{name}", ' in inspect.getsource(function), name
+        assert ("baseline" in parameters) == bool(step.extra_inputs or step.optional_inputs), name
+        assert ("passed" in parameters) == (step.role == "gate"), name
 
 
 def test_python_components_have_typed_artifacts_and_no_kfp_install():

@@ -76,26 +76,23 @@ def _positive_int(text: str) -> int:
 
 def cmd_step(args) -> int:
     from slimops.core import run_step
-    from slimops.manifest import read_manifest
 
     config = _merge(_load_config_file(args.config), _parse_sets(args.set))
     inputs = {"baseline": Path(args.baseline)} if args.baseline else {}
-    try:
-        manifest = run_step(args.name, Path(args.model), Path(args.out), config, inputs, threads=args.threads)
-    except GateFailed:
+    outcome = run_step(args.name, Path(args.model), Path(args.out), config, inputs, threads=args.threads)
+    if outcome.status == "refused":
+        raise GateFailed(outcome.reasons[0])
+    if outcome.passed is not None:
+        _write_gate_output(args.gate_output, outcome.passed)
+    _write_metrics_output(args.metrics_output, outcome.manifest)
+    if outcome.status == "gate_failed":
         # A pipeline that branches on the gate (--on-gate-fail continue) reads --gate-output instead of the
         # exit code; the manifest and gate_report.json are written either way.
-        _write_gate_output(args.gate_output, False)
-        _write_metrics_output(args.metrics_output, read_manifest(Path(args.out)))
         if args.on_gate_fail == "continue":
-            print(f"slimops: gate failed; continuing (--on-gate-fail continue): {Path(args.out) / 'gate_report.json'}",
-                  file=sys.stderr)
+            print(f"slimops: gate failed; continuing (--on-gate-fail continue): {outcome.report}", file=sys.stderr)
             return EXIT_OK
-        raise
-    if manifest.get("gate") is not None:
-        _write_gate_output(args.gate_output, manifest["gate"]["passed"])
-    _write_metrics_output(args.metrics_output, manifest)
-    print(json.dumps({"step": args.name, "out": str(Path(args.out).absolute()), "metrics": manifest["metrics"]},
+        raise GateFailed("gate failed: " + "; ".join(outcome.reasons), report_path=outcome.report)
+    print(json.dumps({"step": args.name, "out": str(Path(args.out).absolute()), "metrics": outcome["metrics"]},
                      indent=2, default=str))
     return EXIT_OK
 
@@ -146,7 +143,8 @@ def cmd_steps(args) -> int:
     names = [args.name] if args.name else step_names()
     for name in names:
         step = get_step(name)
-        table = Table(title=f"{name}: {step.summary}", title_justify="left", show_lines=False)
+        table = Table(title=f"{name}: {step.summary}", title_justify="left", show_lines=False,
+                      caption=contract_line(step), caption_justify="left")
         for column in ("option", "type", "default", "meaning"):
             table.add_column(column)
         for field_name, field in step.Config.model_fields.items():
@@ -155,6 +153,15 @@ def cmd_steps(args) -> int:
             table.add_row(field_name, kind, default, field.description or "")
         console.print(table)
     return EXIT_OK
+
+
+def contract_line(step) -> str:
+    """What a step declares, on one line: the formats it takes and writes, its inputs, role, side effects, extra."""
+    writes = step.writes()
+    inputs = [f"{n} (required)" for n in step.extra_inputs] + [f"{n} (optional)" for n in step.optional_inputs]
+    return (f"takes {', '.join(step.accepts)}; writes {writes}; inputs: model{', ' + ', '.join(inputs) if inputs else ''}; "
+            f"role: {step.role}; side effects: {'yes' if step.side_effects else 'no'}; "
+            f"data: {', '.join(step.data_fields()) or 'none'}; extra: {step.extra or 'none'}")
 
 
 def _type_name(annotation) -> str:

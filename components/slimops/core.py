@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 from pydantic import ValidationError
 
@@ -64,22 +67,57 @@ def cache_key(step_name: str, config: StepConfig, inputs: dict[str, Path]) -> st
         "step": step_name,
         "slimops": __version__,
         "config": _without_paths(resolved),
-        "data": _data_hashes(config),
+        "data": _data_hashes(step_name, config),
         "inputs": {name: lineage_of(path).get("outputs") for name, path in sorted(inputs.items())},
     })
 
 
+@dataclass(frozen=True)
+class Outcome(Mapping):
+    """What a step came to. ``ok``: OUT written; ``gate_failed``: OUT written with its gate report, the verdict is
+    no; ``refused``: a registry or deploy step refused its input's evidence, nothing written. Reads as the
+    manifest (``outcome["metrics"]``). Bad input is not an outcome: it raises BadInput. Only the CLI turns an
+    outcome into an exit code."""
+
+    status: Literal["ok", "gate_failed", "refused"]
+    manifest: dict = field(default_factory=dict)
+    reasons: tuple[str, ...] = ()
+    report: Path | None = None
+
+    @property
+    def passed(self) -> bool | None:
+        """The gate's verdict (None for a step that is not a gate)."""
+        gate = self.manifest.get("gate")
+        return None if gate is None else bool(gate["passed"])
+
+    def __getitem__(self, key):
+        return self.manifest[key]
+
+    def __iter__(self):
+        return iter(self.manifest)
+
+    def __len__(self):
+        return len(self.manifest)
+
+
 def run_step(step_name: str, model: Path, out: Path, config: dict | StepConfig,
-              inputs: dict[str, Path] | None = None, threads: int | None = None) -> dict:
-    """Run one step; write ``out`` atomically with its manifest. Raises BadInput / GateFailed."""
+             inputs: dict[str, Path] | None = None, threads: int | None = None) -> Outcome:
+    """Run one step; write ``out`` atomically with its manifest. Raises BadInput for bad input."""
+    try:
+        return _run_step(step_name, model, out, config, inputs, threads)
+    except GateFailed as refusal:  # the evidence a registry or deploy step needs does not hold: nothing written
+        return Outcome("refused", reasons=(str(refusal),))
+
+
+def _run_step(step_name, model, out, config, inputs, threads) -> Outcome:
     step_cls = get_step(step_name)
     cfg = step_cls().resolve(config) if isinstance(config, StepConfig) else parse_config(step_name, config)
     model = Path(model)
     inputs = {k: Path(v) for k, v in (inputs or {}).items()}
-    missing = [name for name in step_cls.extra_inputs if name not in inputs]
+    missing = [name for name in step_cls.required_inputs(cfg) if name not in inputs]
     if missing:
         raise BadInput(f"step {step_name} needs --{missing[0]} DIR (the model to compare against)")
-    if step_cls.requires_gate and model.is_dir():
+    if step_cls.requires_gate() and model.is_dir():
         # Evidence first: a model whose files changed after validation is refused as such (exit 3), whatever
         # the changed files now hold. Links out of the directory are refused before anything is hashed.
         from slimops.gate import require_passing_gate
@@ -91,7 +129,7 @@ def run_step(step_name: str, model: Path, out: Path, config: dict | StepConfig,
     for path in inputs.values():
         describe(path)
     out = Path(out)
-    data_files = [Path(spec.path) for spec in _data_specs(cfg).values() if spec.path]
+    data_files = [Path(spec.path) for spec in _data_specs(step_name, cfg).values() if spec.path]
     check_out(out, {"model": model, **inputs}, data_files)
 
     parent = lineage_of(model)
@@ -104,7 +142,7 @@ def run_step(step_name: str, model: Path, out: Path, config: dict | StepConfig,
             "step": step_name,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "config": cfg.model_dump(mode="json"),
-            "data": _data_fingerprints(cfg),
+            "data": _data_fingerprints(step_name, cfg),
             "cache_key": cache_key(step_name, cfg, {"model": model, **inputs}),
             "model": result.model_info.model_dump(),
             "inputs": {"model": {"path": str(model.absolute()), "files": parent.get("outputs", {})},
@@ -121,31 +159,29 @@ def run_step(step_name: str, model: Path, out: Path, config: dict | StepConfig,
         }
         write_json_atomic(tmp / MANIFEST, manifest)
     if result.gate_passed is False:
-        raise GateFailed("gate failed: " + "; ".join(result.gate_reasons), report_path=out / GATE_REPORT)
-    return manifest
+        return Outcome("gate_failed", manifest, tuple(result.gate_reasons), out / GATE_REPORT)
+    return Outcome("ok", manifest, report=out / GATE_REPORT if result.gate_passed else None)
 
 
-def _data_specs(config, prefix: str = "") -> dict:
-    """Every DataSpec in a config, nested ones included, by dotted path (``accuracy.data``)."""
-    from pydantic import BaseModel
-
-    from slimops.data import DataSpec
-
+def _data_specs(step_name: str, config: StepConfig) -> dict:
+    """The DataSpecs of a parsed config, by the dotted paths the step declares (``accuracy.data``)."""
     specs = {}
-    for name, value in config:
-        if isinstance(value, DataSpec):
-            specs[prefix + name] = value
-        elif isinstance(value, BaseModel):
-            specs.update(_data_specs(value, f"{prefix}{name}."))
+    for path in get_step(step_name).data_fields():
+        value = config
+        for part in path.split("."):
+            value = getattr(value, part, None)
+        if value is not None:
+            specs[path] = value
     return specs
 
 
-def _data_fingerprints(config: StepConfig) -> dict:
-    return {name: spec.fingerprint() for name, spec in _data_specs(config).items()}
+def _data_fingerprints(step_name: str, config: StepConfig) -> dict:
+    return {name: spec.fingerprint() for name, spec in _data_specs(step_name, config).items()}
 
 
-def _data_hashes(config: StepConfig) -> dict:
-    return {name: {k: v for k, v in fp.items() if k != "path"} for name, fp in _data_fingerprints(config).items()}
+def _data_hashes(step_name: str, config: StepConfig) -> dict:
+    return {name: {k: v for k, v in fp.items() if k != "path"}
+            for name, fp in _data_fingerprints(step_name, config).items()}
 
 
 def _without_paths(config):

@@ -18,13 +18,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slimops.errors import BadInput, GateFailed
-from slimops.recipe import DATA_FIELDS, Recipe, load_recipe
+from slimops.errors import BadInput
+from slimops.recipe import Recipe, load_recipe
+from slimops.steps import get_step, map_data
 
 IMAGE_ENV = "SLIMOPS_IMAGE"
 # Written by infra/container/build.sh after a build: {"image": "localhost/slimops:0.1.0", "digest": "sha256:..."}.
 IMAGE_LOCK = Path(__file__).parent / "image.json"
-GATE_STEP = "validate"
 
 
 @dataclass(frozen=True)
@@ -41,12 +41,31 @@ class StepCall:
     allow_factories: tuple[str, ...] = ()  # the recipe's allow_factories, passed on to the step process
 
     @property
+    def role(self) -> str:
+        return get_step(self.step).role
+
+    @property
     def gated(self) -> bool:
-        return self.step == GATE_STEP
+        return self.role == "gate"
+
+    @property
+    def cacheable(self) -> bool:
+        """Orchestrator caching (KFP, SageMaker, Azure ML ``is_deterministic``): never for a step with side effects
+        (a cached register or deploy would silently skip the registration or the rollout)."""
+        return not get_step(self.step).side_effects
+
+    @property
+    def retries(self) -> int:
+        """Retries an orchestrator may make on an infrastructure failure (a killed pod, a lost node). A gate is not
+        retried (a failed verdict does not get better by measuring again) and neither is a step with side
+        effects; orchestrators that retry cannot tell exit 2 from a crash, so a transform's bad input costs two
+        quick extra attempts."""
+        step = get_step(self.step)
+        return 0 if step.side_effects or step.role == "gate" else 2
 
     def resolved_config(self, recipe_dir: str | Path) -> dict:
         """The config with relative data paths placed under ``recipe_dir`` (where the recipe lives on the runner)."""
-        return _place_data(self.config, str(recipe_dir))
+        return _place_data(self.step, self.config, str(recipe_dir))
 
     def argv(self, model: str, out: str, baseline: str | None = None, recipe_dir: str | Path = ".",
              threads: int | None = None, gate_output: str | None = None,
@@ -113,12 +132,17 @@ class Plan:
         return argv
 
 
-def plan_recipe(recipe: Recipe | str | Path, require_gate: bool = True) -> Plan:
-    """The recipe's steps as calls, checked for what a pipeline needs. Raises BadInput with the reason."""
+def plan_recipe(recipe: Recipe | str | Path, require_gate: bool = True, source_format: str | None = "detect") -> Plan:
+    """The recipe's steps as calls, checked for what a pipeline needs. Raises BadInput with the reason.
+
+    ``source_format``: the recipe model's format ("detect": from its factory, or by describing its path or
+    package when it is on this machine; None: unknown, e.g. a pipeline input), for the chain check.
+    """
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     where = recipe.path
-    gate_index = max((i for i, s in enumerate(recipe.steps) if s.step == GATE_STEP), default=None)
+    check_chain(recipe, _source_format(recipe) if source_format == "detect" else source_format)
+    gate_index = max((i for i, s in enumerate(recipe.steps) if get_step(s.step).role == "gate"), default=None)
     if require_gate and gate_index is None:
         raise BadInput(f"{where}: a pipeline branches on a gate, and no step produces one; add a validate step "
                        "with a gate (see examples/minilm-sts.yaml)")
@@ -127,7 +151,7 @@ def plan_recipe(recipe: Recipe | str | Path, require_gate: bool = True) -> Plan:
                        "max_metric_drop, min_speedup, max_size_ratio, max_p95_latency_ms, min_fidelity")
     base = recipe.path.parent
     calls = [StepCall(id=s.id, step=s.step, input=s.input, baseline=s.baseline,
-                      config=_relative_data(s.config, base),
+                      config=_relative_data(s.step, s.config, base),
                       after_gate=gate_index is not None and i > gate_index,
                       placement=_placement(s.placement or recipe.placement),
                       allow_factories=tuple(recipe.allow_factories))
@@ -150,57 +174,82 @@ def _gate_checks(config: dict) -> bool:
     return any(value is not None for value in policy.model_dump().values())
 
 
-def _relative_data(value, base: Path):
+def _relative_data(step: str, config: dict, base: Path) -> dict:
     """Data paths the recipe made absolute, back to relative: the plan must not hold this machine's paths."""
-    if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            if key in DATA_FIELDS and isinstance(item, dict) and item.get("path"):
-                item = {**item, "path": os.path.relpath(item["path"], base)}
-            out[key] = _relative_data(item, base)
-        return out
-    if isinstance(value, list):
-        return [_relative_data(v, base) for v in value]
-    return value
+    def relative(spec, _):
+        return {**spec, "path": os.path.relpath(spec["path"], base)} if isinstance(spec, dict) and spec.get("path") else spec
+    return map_data(step, config, relative)
 
 
-def _place_data(value, recipe_dir: str):
-    if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            if key in DATA_FIELDS and isinstance(item, dict) and item.get("path") and not os.path.isabs(item["path"]):
-                item = {**item, "path": os.path.normpath(os.path.join(recipe_dir, item["path"]))}
-            out[key] = _place_data(item, recipe_dir)
-        return out
-    if isinstance(value, list):
-        return [_place_data(v, recipe_dir) for v in value]
-    return value
+def _place_data(step: str, config: dict, recipe_dir: str) -> dict:
+    def place(spec, _):
+        if isinstance(spec, dict) and spec.get("path") and not os.path.isabs(spec["path"]):
+            return {**spec, "path": os.path.normpath(os.path.join(recipe_dir, spec["path"]))}
+        return spec
+    return map_data(step, config, place)
+
+
+def _source_format(recipe: Recipe) -> str | None:
+    """The recipe model's format when this machine can tell (a factory is a PyTorch module), else None."""
+    source = recipe.model
+    if source.factory:
+        return "torch"
+    try:
+        if source.path:
+            path = (recipe.path.parent / source.path).resolve()
+        else:
+            import importlib
+
+            path = Path(importlib.import_module(source.package).get_model_path())
+        from slimops.handlers.info import describe
+
+        return describe(path).format if path.is_dir() else None
+    except Exception:  # noqa: BLE001 - not on this machine (a cluster path) or not installed: checked when it runs
+        return None
+
+
+FORMAT_HINTS = {"onnx": "put an export step before it", "hf": "it takes the model before export",
+                "torch": "it takes the model before export"}
+
+
+def check_chain(recipe: Recipe, source_format: str | None) -> None:
+    from slimops.core import parse_config
+
+    """Refuse, when the plan is built, a chain that cannot run: a step given a format it does not take, a step
+    without the baseline it needs, a registry or deploy step with no passing gate before it."""
+    formats: dict[str, str | None] = {"source": source_format}
+    gated: dict[str, bool] = {"source": False}  # whether a step's output carries a gate's evidence
+    for index, spec in enumerate(recipe.steps):
+        step = get_step(spec.step)
+        where = f"{recipe.path}: steps[{index}] {spec.id}"
+        given = formats[spec.input]
+        if given is not None and given not in step.accepts:
+            hint = FORMAT_HINTS.get(step.accepts[0], "")
+            raise BadInput(f"{where}: {spec.step} takes {' or '.join(step.accepts)} models, and {spec.input} gives "
+                           f"{given}{'; ' + hint if hint else ''}")
+        config = parse_config(spec.step, spec.config)
+        for name in step.required_inputs(config):
+            if getattr(spec, name, None) is None:
+                raise BadInput(f"{where}: {spec.step} needs a {name} ({name}: the id of an earlier step, or source)")
+        if step.requires_gate() and not gated[spec.input]:
+            raise BadInput(f"{where}: {spec.step} acts only on a model a gate passed, and {spec.input} is not the "
+                           "output of a validate step (or of register/promote after one); put it after validate")
+        formats[spec.id] = step.output_format(config, given)
+        gated[spec.id] = step.role == "gate" or (step.requires_gate() and gated[spec.input])
 
 
 def run_call(call: StepCall, model: str | Path, out: str | Path, baseline: str | Path | None = None,
-             recipe_dir: str | Path = ".", threads: int | None = None) -> dict:
-    """Run one call in-process, as ``argv`` would in a container. A failed gate is a result, not an exception.
-
-    Returns ``{"manifest": ..., "gate_passed": bool | None, "reasons": [...]}``; bad input still raises BadInput.
-    """
+             recipe_dir: str | Path = ".", threads: int | None = None):
+    """Run one call in-process, as ``argv`` would in a container: the step's ``core.Outcome`` (ok, gate_failed or
+    refused); bad input raises BadInput."""
     from slimops import factories
     from slimops.core import run_step
-    from slimops.manifest import read_manifest
 
     factories.allow(call.allow_factories)
     inputs = {"baseline": Path(baseline)} if call.baseline is not None and baseline is not None else {}
     if call.baseline is not None and baseline is None:
         raise BadInput(f"step {call.id} compares against {call.baseline!r}; pass its model directory as baseline")
-    try:
-        manifest = run_step(call.step, Path(model), Path(out), call.resolved_config(recipe_dir), inputs,
-                            threads=threads)
-    except GateFailed:
-        manifest = read_manifest(Path(out))
-        if manifest is None:  # nothing written: a refusal (e.g. promote without a passing gate), not a verdict
-            raise
-    gate = manifest.get("gate")
-    return {"manifest": manifest, "gate_passed": None if gate is None else gate["passed"],
-            "reasons": [] if gate is None else gate["reasons"]}
+    return run_step(call.step, Path(model), Path(out), call.resolved_config(recipe_dir), inputs, threads=threads)
 
 
 def image_reference(image: str | None = None) -> str:

@@ -19,7 +19,6 @@ from slimops.errors import BadInput
 from slimops.formats import quoted
 from slimops.yamlsafe import load_yaml_file
 
-DATA_FIELDS = ("data", "calibration", "eval_data")  # config keys that may name a dataset from the recipe's `data:`
 
 
 class ModelSource(BaseModel):
@@ -154,9 +153,9 @@ def _resolve(recipe: Recipe, path: Path, lines: dict) -> None:
                 raise BadInput(f"{_at(path, lines, ('steps', index, ref_name))} {where}.{ref_name}: {ref!r} is not an "
                                f"earlier step (known: {', '.join(seen)})")
         step.input = step.input or seen[-1]
-        if step.step == "validate":
+        if "baseline" in get_step(step.step).extra_inputs:
             step.baseline = step.baseline or "source"
-        step.config = _inline_data(step.config, recipe.data, base, path, lines, ("steps", index, "config"))
+        step.config = _inline_data(step.step, step.config, recipe.data, base, path, lines, ("steps", index, "config"))
         try:
             parse_config(step.step, step.config)
         except BadInput as err:
@@ -166,21 +165,22 @@ def _resolve(recipe: Recipe, path: Path, lines: dict) -> None:
         seen.append(step.id)
 
 
-def _inline_data(value: Any, datasets: dict, base: Path, path: Path, lines: dict, loc: tuple) -> Any:
-    if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            if key in DATA_FIELDS and isinstance(item, str):
-                if item not in datasets:
-                    raise BadInput(f"{_at(path, lines, (*loc, key))} {_dotted(loc)}.{key}: unknown dataset {item!r}; "
-                                   f"define it under data: (known: {', '.join(datasets) or 'none'})")
-                out[key] = datasets[item].model_dump(exclude_none=True)
-            elif key in DATA_FIELDS and isinstance(item, dict) and item.get("path"):
-                out[key] = {**item, "path": str((base / item["path"]).resolve())}
-            else:
-                out[key] = _inline_data(item, datasets, base, path, lines, (*loc, key))
-        return out
-    return copy.deepcopy(value)
+def _inline_data(step: str, config: dict, datasets: dict, base: Path, path: Path, lines: dict, loc: tuple) -> dict:
+    """The step's dataset fields (as the step declares them): a dataset name from ``data:`` inlined, a file path
+    made absolute (relative to the recipe)."""
+    from slimops.steps import map_data
+
+    def inline(item, dotted: str):
+        if isinstance(item, str):
+            if item not in datasets:
+                key = (*loc, *dotted.split("."))
+                raise BadInput(f"{_at(path, lines, key)} {_dotted(loc)}.{dotted}: unknown dataset {quoted(item)}; "
+                               f"define it under data: (known: {', '.join(datasets) or 'none'})")
+            return datasets[item].model_dump(exclude_none=True)
+        if isinstance(item, dict) and isinstance(item.get("path"), str):
+            return {**item, "path": str((base / item["path"]).resolve())}
+        return item
+    return map_data(step, config, inline)
 
 
 def _dotted(loc: tuple) -> str:

@@ -96,7 +96,7 @@ def _comparison_rows(summary: dict, manifests: dict) -> list[dict]:
     rows = []
     for record in summary["steps"]:
         m = manifests[record["id"]].get("metrics", {})
-        if record["step"] != "validate" or "candidate_metric" not in m:
+        if manifests[record["id"]].get("gate") is None or "candidate_metric" not in m:  # only gates measure
             continue
         model_id = record["input"]
         if not any(r["model"] == "baseline" for r in rows):

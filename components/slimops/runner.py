@@ -121,10 +121,11 @@ RUN_MARKER = ".slimops-run"  # written first: the run directory is slimops's, ev
 
 def run_recipe(recipe_path: Path | str, run_dir: Path | str | None = None, use_cache: bool = True) -> RunResult:
     recipe = load_recipe(recipe_path)
+    calls = step_calls(recipe)  # a chain that cannot run is refused before anything is written
     run_dir = Path(run_dir or Path("runs") / recipe.name).absolute()
     with out_lock(run_dir):
         _claim_run_dir(run_dir, recipe)
-        return _run(recipe, run_dir, use_cache)
+        return _run(recipe, calls, run_dir, use_cache)
 
 
 def _claim_run_dir(run_dir: Path, recipe: Recipe) -> None:
@@ -143,11 +144,11 @@ def _claim_run_dir(run_dir: Path, recipe: Recipe) -> None:
             leftover.unlink()
 
 
-def _run(recipe: Recipe, run_dir: Path, use_cache: bool) -> RunResult:
+def _run(recipe: Recipe, calls: list, run_dir: Path, use_cache: bool) -> RunResult:
     started = time.perf_counter()
     outputs = {"source": resolve_source(recipe, run_dir)}
     records, exit_code, gate = [], 0, None
-    for spec, resolved in step_calls(recipe):
+    for spec, resolved in calls:
         out = run_dir / "steps" / spec.id
         # validate compares against its baseline; distill (student.from_input) learns from it as the teacher
         inputs = {"baseline": outputs[spec.baseline]} if spec.baseline else {}
@@ -166,16 +167,10 @@ def _run(recipe: Recipe, run_dir: Path, use_cache: bool) -> RunResult:
             if manifest and stale != "inputs or config changed":
                 progress.note(f"{spec.id}: not reusing {out}: {stale}", "yellow")
             progress.note(f"{spec.id}: running {spec.step}", "bold")
-            try:
-                manifest = run_step(spec.step, outputs[spec.input], out, config, inputs, threads=recipe.threads)
-                record["status"] = "ran"
-            except GateFailed as refusal:
-                manifest = read_manifest(out)
-                if manifest is None:  # refused before writing (promote/deploy without a matching passing gate)
-                    manifest = {"gate": {"passed": False, "reasons": [str(refusal)]}, "metrics": {}}
-                    record["status"] = "refused"
-                else:
-                    record["status"] = "ran"
+            outcome = run_step(spec.step, outputs[spec.input], out, config, inputs, threads=recipe.threads)
+            record["status"] = "refused" if outcome.status == "refused" else "ran"
+            # refused: nothing written (promote/deploy without a matching passing gate); the chain stops there
+            manifest = outcome.manifest or {"gate": {"passed": False, "reasons": list(outcome.reasons)}, "metrics": {}}
         record["seconds"] = round(time.perf_counter() - t0, 2)
         record["metrics"] = manifest.get("metrics", {})
         records.append(record)

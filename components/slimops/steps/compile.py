@@ -24,6 +24,16 @@ class Compile(Step):
     name = "compile"
     summary = "ONNX Runtime graph optimisation with transformer fusions (recorded), or OpenVINO IR"
     Config = CompileConfig
+    accepts = ("onnx",)
+    extra = "openvino (target: openvino)"
+
+    @classmethod
+    def writes(cls) -> str:
+        return "onnx (openvino with target: openvino)"
+
+    @classmethod
+    def output_format(cls, config, input_format):
+        return "openvino" if config.target == "openvino" else "onnx"
 
     def run(self, ctx, config: CompileConfig) -> StepResult:
         info = ctx.model_info

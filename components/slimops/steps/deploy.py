@@ -41,7 +41,10 @@ class Deploy(Step):
     name = "deploy"
     summary = "validated model -> SageMaker / Azure ML / Vertex AI endpoint with canary, or KServe manifests"
     Config = DeployConfig
-    requires_gate = True
+    accepts = ("onnx",)
+    role = "deploy"
+    side_effects = True
+    extra = "aws, azure or gcp (by target; none for kserve)"
 
     def run(self, ctx, config: DeployConfig) -> StepResult:
         from slimops.gate import require_passing_gate

@@ -75,6 +75,12 @@ class Distill(Step):
     name = "distill"
     summary = "Distil an HF encoder (keep layers) or PyTorch classifier (new student) into a smaller student"
     Config = DistillConfig
+    accepts = ("hf", "torch")
+    optional_inputs = ("baseline",)
+
+    @classmethod
+    def required_inputs(cls, config) -> tuple[str, ...]:
+        return ("baseline",) if config.student.from_input else ()
 
     def resolve(self, config: DistillConfig) -> DistillConfig:
         # from_input: encoder or classifier is known only from the model, so "auto" is settled in run()

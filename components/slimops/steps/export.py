@@ -24,6 +24,8 @@ class Export(Step):
     name = "export"
     summary = "Hugging Face / PyTorch -> ONNX (optimum's exporter for HF, torch.onnx otherwise), parity-checked"
     Config = ExportConfig
+    accepts = ("hf", "torch")
+    produces = "onnx"
 
     def run(self, ctx, config: ExportConfig) -> StepResult:
         info = ctx.model_info

@@ -24,6 +24,8 @@ class Factorize(Step):
     name = "factorize"
     summary = "low-rank factorization of MatMul/Gemm weights by truncated SVD (rank chosen by the energy kept)"
     Config = FactorizeConfig
+    accepts = ("onnx",)
+    produces = "onnx"
 
     def run(self, ctx, config: FactorizeConfig) -> StepResult:
         import onnx

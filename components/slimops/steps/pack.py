@@ -31,6 +31,8 @@ class Pack(Step):
     name = "pack"
     summary = "ONNX -> model.onnx.zst: one protobuf entropy-coded with zstd (Deep-Compression-style), loadable"
     Config = PackConfig
+    accepts = ("onnx",)
+    produces = "onnx-packed"
 
     def run(self, ctx, config: PackConfig) -> StepResult:
         import onnx

@@ -39,7 +39,9 @@ class Promote(Step):
     name = "promote"
     summary = "Move the registry's champion alias to a registered model whose gate passed (audited); or start a canary"
     Config = PromoteConfig
-    requires_gate = True
+    role = "registry"
+    side_effects = True
+    extra = "registry"
 
     def run(self, ctx, config: PromoteConfig) -> StepResult:
         from slimops.gate import require_passing_gate

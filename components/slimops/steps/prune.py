@@ -106,6 +106,7 @@ class Prune(Step):
     summary = ("Unstructured magnitude pruning, or structured: conv channels (PyTorch), attention heads / FFN "
                "neurons / layers (Hugging Face encoders), with MACs and latency before/after")
     Config = PruneConfig
+    accepts = ("hf", "torch")
 
     def run(self, ctx, config: PruneConfig) -> StepResult:
         info = ctx.model_info

@@ -48,6 +48,8 @@ class Quantize(Step):
     name = "quantize"
     summary = "ONNX Runtime quantization: dynamic/static INT8, INT4 weight-only, FP16; optional accuracy-aware search"
     Config = QuantizeConfig
+    accepts = ("onnx",)
+    produces = "onnx"
 
     def resolve(self, config: QuantizeConfig) -> QuantizeConfig:
         """Settle the defaults that depend on the machine or the mode, so the manifest and the cache key say what ran."""

@@ -48,7 +48,9 @@ class Register(Step):
     name = "register"
     summary = "Register a validated model in the MLflow model registry (files + gate report + lineage tags), alias challenger"
     Config = RegisterConfig
-    requires_gate = True
+    role = "registry"
+    side_effects = True
+    extra = "registry"
 
     def run(self, ctx, config: RegisterConfig) -> StepResult:
         from slimops.gate import require_passing_gate

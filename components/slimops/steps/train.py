@@ -26,6 +26,7 @@ class Train(Step):
     name = "train"
     summary = "Train a PyTorch classifier (architecture.json + safetensors) on labelled recipe data"
     Config = TrainConfig
+    accepts = ("torch",)
 
     def run(self, ctx, config: TrainConfig) -> StepResult:
         import torch

@@ -35,6 +35,7 @@ class Validate(Step):
     name = "validate"
     summary = "Measure baseline and candidate in one run (metric, fidelity, latency, throughput, size, memory); gate"
     Config = ValidateConfig
+    role = "gate"
     extra_inputs = ("baseline",)
 
     def run(self, ctx, config: ValidateConfig) -> StepResult:

@@ -15,15 +15,14 @@ from pathlib import Path
 
 from airflow.sdk import BaseHook
 
-from slimops.errors import BadInput
+from slimops.errors import BadInput, GateFailed
 from slimops.plan import StepCall, run_call
+from slimops.steps import get_step
 
 RUNS_DIR_VARIABLE = "slimops_runs_dir"
 RUNS_DIR_ENV = "SLIMOPS_RUNS_DIR"
 REGISTRY_DIR_VARIABLE = "slimops_registry_dir"
 REGISTRY_DIR_ENV = "SLIMOPS_REGISTRY_DIR"
-# Steps whose config names a model registry (slimops.steps.register.RegistryLocation).
-REGISTRY_STEPS = ("register", "promote")
 
 
 def _safe_name(text: str) -> str:
@@ -122,22 +121,24 @@ class SlimopsHook(BaseHook):
         result (``gate_passed: False``); bad input raises ``slimops.errors.BadInput``.
         """
         config = dict(config or {})
-        if step in REGISTRY_STEPS:
+        if get_step(step).role == "registry":
             # Through the environment, not the config: the step command stays the one every runner issues.
             os.environ[REGISTRY_DIR_ENV] = str(self.registry_dir())
         call = StepCall(id=step_id or step, step=step, input="model",
                         baseline=None if baseline is None else "baseline", config=config, after_gate=False)
         self.log.info("slimops step %s: %s -> %s", step, model, out)
-        result = run_call(call, model, out, baseline=baseline, recipe_dir=recipe_dir, threads=threads)
-        manifest = result["manifest"]
+        outcome = run_call(call, model, out, baseline=baseline, recipe_dir=recipe_dir, threads=threads)
+        if outcome.status == "refused":  # register / promote / deploy refusing a model without a passing gate
+            raise GateFailed(outcome.reasons[0])
+        manifest = outcome.manifest
         # Round-trip through JSON: XCom stores JSON, and metrics may hold numpy scalars.
         return json.loads(json.dumps({
             "out": str(Path(out).absolute()),
             "step": step,
             "metrics": manifest.get("metrics") or {},
             "details": _small_details(manifest.get("details") or {}),
-            "gate_passed": result["gate_passed"],
-            "reasons": result["reasons"],
+            "gate_passed": outcome.passed,
+            "reasons": list(outcome.reasons),
         }, default=_jsonable))
 
 

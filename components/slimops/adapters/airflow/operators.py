@@ -25,8 +25,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from slimops.adapters.airflow.hooks import SlimopsHook
 from slimops.errors import BadInput, GateFailed
-from slimops.plan import GATE_STEP
-from slimops.steps import step_names
+from slimops.steps import get_step, step_names
 
 
 def _is_templated(value: Any) -> bool:
@@ -87,7 +86,7 @@ class SlimopsStepOperator(_SlimopsOperator):
 
     def __init__(self, *, model: Any, config: dict | None = None, baseline: Any = None, step: str | None = None,
                  recipe_dir: str | None = None, threads: int | None = None, step_id: str | None = None,
-                 **kwargs):
+                 model_format: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.step = step or self.step_name
         if not self.step:
@@ -100,7 +99,11 @@ class SlimopsStepOperator(_SlimopsOperator):
         self.recipe_dir = recipe_dir
         self.threads = threads
         self.step_id = step_id or self.step
-        self._check_config()
+        parsed = self._check_config()
+        self.model_format = model_format or _format_of(model)
+        self._check_format()
+        # What this task hands downstream, so the next slimops task is checked at parse time too.
+        self.output_format = get_step(self.step).output_format(parsed, self.model_format) if parsed else None
 
     def _check_config(self) -> None:
         # Parse time, not run time: an unknown step or option fails the DAG import with slimops' own message.
@@ -109,12 +112,22 @@ class SlimopsStepOperator(_SlimopsOperator):
 
         if self.step not in step_names():
             raise BadInput(f"task {self.task_id}: unknown step {self.step!r}; known steps: {', '.join(step_names())}")
-        if self.step == GATE_STEP and self.baseline is None:
-            raise BadInput(f"task {self.task_id}: validate compares against a baseline; pass baseline=<model dir or "
-                           "upstream task.output['out']>")
-        if not _is_templated(self.config):
-            placed = StepCall(self.step_id, self.step, "", None, self.config, False).resolved_config(self.recipe_dir or ".")
-            parse_config(self.step, placed, where=f"task {self.task_id} config")
+        if "baseline" in get_step(self.step).extra_inputs and self.baseline is None:
+            raise BadInput(f"task {self.task_id}: {self.step} compares against a baseline; pass baseline=<model dir "
+                           "or upstream task.output['out']>")
+        if _is_templated(self.config):
+            return None
+        placed = StepCall(self.step_id, self.step, "", None, self.config, False).resolved_config(self.recipe_dir or ".")
+        return parse_config(self.step, placed, where=f"task {self.task_id} config")
+
+    def _check_format(self) -> None:
+        """Parse time: a model whose format is known here (an upstream slimops task's output, a literal directory,
+        or ``model_format=``) must be one the step takes, or the DAG fails to import."""
+        step = get_step(self.step)
+        if self.model_format and self.model_format not in step.accepts:
+            hint = "; put SlimopsExportOperator before it" if step.accepts == ("onnx",) else ""
+            raise BadInput(f"task {self.task_id}: {self.step} takes {' or '.join(step.accepts)} models, and its model "
+                           f"is {self.model_format}{hint}")
 
     def execute(self, context):
         hook = self.hook()
@@ -150,6 +163,7 @@ class SlimopsSourceOperator(_SlimopsOperator):
         super().__init__(**kwargs)
         self.model_spec = dict(model_spec)
         self.recipe_dir = recipe_dir
+        self.output_format = "torch" if self.model_spec.get("factory") else None  # for the next task's check
 
     def execute(self, context):
         hook = self.hook()
@@ -183,6 +197,21 @@ class SlimopsIncomingModelOperator(_SlimopsOperator):
             raise AirflowFailException(f"slimops: error: {err}") from None
         self.log.info("incoming model %s (from %s)", path, where)
         return self.push(context, {"out": str(path), "step": "incoming", "from": where})
+
+
+def _format_of(model: Any) -> str | None:
+    """The format of a model known at parse time: an upstream slimops task's output, or a literal directory."""
+    if isinstance(model, XComArg):
+        upstream = getattr(model, "operator", None)
+        return getattr(upstream, "output_format", None)
+    if isinstance(model, (str, Path)) and not _is_templated(str(model)) and Path(model).is_dir():
+        from slimops.handlers.info import describe
+
+        try:
+            return describe(Path(model)).format
+        except BadInput:
+            return None  # checked again, and reported, when the task runs
+    return None
 
 
 def _class_name(step: str) -> str:

@@ -75,7 +75,8 @@ def _set_args(options: dict[str, dict]) -> list[str]:
     return parts
 
 
-def _component(step: str, summary: str, image: str, inputs: dict, outputs: dict, command: list[str]) -> dict:
+def _component(step: str, summary: str, image: str, inputs: dict, outputs: dict, command: list[str],
+               deterministic: bool = True) -> dict:
     return {
         "$schema": SCHEMA,
         "type": "command",
@@ -84,7 +85,8 @@ def _component(step: str, summary: str, image: str, inputs: dict, outputs: dict,
         "display_name": f"slimops {step}",
         "description": summary,
         "tags": {"slimops": slimops.__version__},
-        "is_deterministic": True,
+        # Azure ML reuses a deterministic component's earlier output: never for one with side effects.
+        "is_deterministic": deterministic,
         "inputs": inputs,
         "outputs": outputs,
         "environment": {"image": image},
@@ -112,10 +114,11 @@ def step_component(step: str, image: str | None = None) -> dict:
     inputs[THREADS_INPUT] = {"type": "integer", "optional": True, "description": "CPU threads (default: all)"}
     command.append(f"$[[--threads ${{{{inputs.{THREADS_INPUT}}}}}]]")
     outputs = {"model": {"type": "uri_folder", "mode": "upload", "description": "output model directory"}}
-    if step == "validate":
+    if definition.role == "gate":
         outputs[GATE_OUTPUT] = {"type": "boolean", "is_control": True, "description": "the gate verdict"}
         command += ["--on-gate-fail", "continue", "--gate-output", f"${{{{outputs.{GATE_OUTPUT}}}}}"]
-    return _component(step, definition.summary, image, inputs, outputs, command)
+    return _component(step, definition.summary, image, inputs, outputs, command,
+                      deterministic=not definition.side_effects)
 
 
 def source_component(image: str | None = None) -> dict:
@@ -137,7 +140,8 @@ def publish_component(image: str | None = None) -> dict:
     command = ["cp", "-a", "${{inputs.model}}/.", "${{outputs.model}}/"]
     return _component(PUBLISH, "Publish a validated model directory as a model asset (name the output)",
                       image_reference(image), {"model": {"type": "uri_folder", "description": "validated model"}},
-                      {"model": {"type": "custom_model", "description": "the model asset"}}, command)
+                      {"model": {"type": "custom_model", "description": "the model asset"}}, command,
+                      deterministic=False)  # registers a model asset: a side effect
 
 
 def all_components(image: str | None = None) -> dict[str, dict]:

@@ -46,7 +46,7 @@ def node_inputs(config: dict, component) -> dict:
 def check_shared_registry(plan: Plan) -> None:
     """register/promote keep their registry beside OUT unless told otherwise, and every node is a fresh
     container: promote would not find what register wrote."""
-    local = [c.id for c in plan.promotion if c.step in ("register", "promote") and not c.config.get("tracking_uri")]
+    local = [c.id for c in plan.promotion if c.role == "registry" and not c.config.get("tracking_uri")]
     if local:
         raise BadInput(f"steps {', '.join(local)} keep their model registry inside the job (no tracking_uri), and "
                        "each Azure ML node is a fresh container; set tracking_uri in the recipe (the workspace's "

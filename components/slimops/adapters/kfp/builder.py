@@ -54,6 +54,15 @@ class _Tasks:
         return make(validated=validated).set_display_name("gate-rejected")
 
 
+def _policy(task, call: StepCall):
+    """The plan's cache and retry policy: a step with side effects is never cached (a cached register would
+    silently skip the registration) nor retried blindly."""
+    task.set_caching_options(call.cacheable)
+    if call.retries:
+        task.set_retry(num_retries=call.retries, backoff_duration="30s", backoff_factor=2.0)
+    return task
+
+
 def build_pipeline(recipe_path: str | Path, image: str | None = None, kind: str = "python", *,
                    recipe_dir: str = ".", model_uri: str | None = None, model_input: bool = False):
     """The recipe as a KFP pipeline (compile it with ``kfp.compiler.Compiler``, or run it with ``kfp.local``).
@@ -79,13 +88,13 @@ def build_pipeline(recipe_path: str | Path, image: str | None = None, kind: str 
                      else tasks.source().set_display_name("source").outputs["output_model"])
         models = {"source": model}
         for call in plan.chain:
-            task = apply_placement(tasks.step(call, models, gate=call is plan.gate), where[call.id])
+            task = _policy(apply_placement(tasks.step(call, models, gate=call is plan.gate), where[call.id]), call)
             models[call.id] = task.outputs["output_model"]
             if call is plan.gate:
                 gate = task
         with dsl.If(gate.outputs["passed"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
             for call in plan.promotion:
-                task = apply_placement(tasks.step(call, models, gate=False), where[call.id])
+                task = _policy(apply_placement(tasks.step(call, models, gate=False), where[call.id]), call)
                 models[call.id] = task.outputs["output_model"]
         with dsl.Else(name="gate-failed"):
             tasks.rejection(gate.outputs["output_model"])

@@ -40,17 +40,19 @@ def run_step_task(step: str, model, output_model, metrics, config: str, recipe_d
 
     call = StepCall(id=step, step=step, input="model", baseline=None if baseline is None else "baseline",
                     config=_options(config, f"{step} config"), after_gate=False)
-    result = run_call(call, model.path, output_model.path, None if baseline is None else baseline.path,
-                      recipe_dir=recipe_dir or ".", threads=threads or None)
-    log_metrics(metrics, result["manifest"])
+    outcome = run_call(call, model.path, output_model.path, None if baseline is None else baseline.path,
+                       recipe_dir=recipe_dir or ".", threads=threads or None)
+    if outcome.status == "refused":
+        raise GateFailed(outcome.reasons[0])
+    log_metrics(metrics, outcome.manifest)
     output_model.metadata["slimops_step"] = step
-    if result["gate_passed"] is not None:
-        output_model.metadata["gate_passed"] = result["gate_passed"]
+    if outcome.passed is not None:
+        output_model.metadata["gate_passed"] = outcome.passed
     if passed_path is not None:
         Path(passed_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(passed_path).write_text("true" if result["gate_passed"] else "false")
-    if result["gate_passed"] is False and on_gate_fail != "continue":
-        raise GateFailed(f"gate failed ({step}): " + "; ".join(result["reasons"]))
+        Path(passed_path).write_text("true" if outcome.passed else "false")
+    if outcome.status == "gate_failed" and on_gate_fail != "continue":
+        raise GateFailed(f"gate failed ({step}): " + "; ".join(outcome.reasons))
 
 
 def materialize(spec: str, output_model, recipe_dir: str) -> None:

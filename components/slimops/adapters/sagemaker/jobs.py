@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from slimops.errors import BadInput
 from slimops.plan import Plan, StepCall
-from slimops.recipe import DATA_FIELDS
+from slimops.steps import map_data
 
 PROCESSING_ROOT_ENV = "SLIMOPS_SAGEMAKER_PROCESSING_ROOT"
 DEFAULT_PROCESSING_ROOT = "/opt/ml/processing"
@@ -59,16 +59,13 @@ class ProcessingJob:
 
 def needs_data_files(calls: list[StepCall]) -> list[str]:
     """Ids of the calls whose config reads a data file (not data that ships in a package, such as digits)."""
-    return [c.id for c in calls if _reads_files(c.config)]
+    return [c.id for c in calls if _reads_files(c)]
 
 
-def _reads_files(value) -> bool:
-    if isinstance(value, dict):
-        return any((key in DATA_FIELDS and isinstance(item, dict) and item.get("path")) or _reads_files(item)
-                   for key, item in value.items())
-    if isinstance(value, list):
-        return any(_reads_files(v) for v in value)
-    return False
+def _reads_files(call: StepCall) -> bool:
+    found = []
+    map_data(call.step, call.config, lambda spec, _: found.append(isinstance(spec, dict) and bool(spec.get("path"))))
+    return any(found)
 
 
 def processing_jobs(plan: Plan, *, source: bool = True, data_files: bool = False,

@@ -162,7 +162,7 @@ def build_steps(recipe: str | Path | Plan, *, role: str, artifact_root, image: s
 def _check_promotion_registry(plan: Plan) -> None:
     """register/promote keep their registry beside OUT unless told otherwise, and every SageMaker job is a fresh
     container: promote would not find what register wrote. They need a registry both jobs reach."""
-    local = [c.id for c in plan.promotion if c.step in ("register", "promote") and not c.config.get("tracking_uri")]
+    local = [c.id for c in plan.promotion if c.role == "registry" and not c.config.get("tracking_uri")]
     if local:
         raise BadInput(f"steps {', '.join(local)} keep their model registry inside the job (no tracking_uri), and "
                        "each SageMaker job is a fresh container; set tracking_uri in the recipe (e.g. a SageMaker "
