@@ -14,12 +14,13 @@ Cases live in ``cases_*.py`` modules, one per class of problem; each module has 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+from slimops.manifest import sha256_file
 
 
 @dataclass
@@ -61,7 +62,7 @@ def snapshot(root: Path) -> dict:
     if root.is_symlink():
         return {"<link>": os.readlink(root)}
     if root.is_file():
-        return {"<file>": _sha(root)}
+        return {"<file>": sha256_file(root)}
     state = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in sorted(dirnames + filenames):
@@ -70,20 +71,12 @@ def snapshot(root: Path) -> dict:
             if path.is_symlink():
                 state[rel] = ("link", os.readlink(path))
             elif path.is_file():
-                state[rel] = ("file", _sha(path))
+                state[rel] = ("file", sha256_file(path))
             elif path.is_dir():
                 state[rel] = ("dir",)
             else:
                 state[rel] = ("other", path.lstat().st_mode)
     return state
-
-
-def _sha(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def copy_model(src: Path, dst: Path) -> Path:
