@@ -114,7 +114,8 @@ def _run_step(step_name, model, out, config, inputs, threads) -> Outcome:
     cfg = step_cls().resolve(config) if isinstance(config, StepConfig) else parse_config(step_name, config)
     model = Path(model)
     inputs = {k: Path(v) for k, v in (inputs or {}).items()}
-    missing = [name for name in step_cls.required_inputs(cfg) if name not in inputs]
+    # Inputs every config needs; one a config needs (distill's teacher) is named by the step, with its purpose.
+    missing = [name for name in step_cls.extra_inputs if name not in inputs]
     if missing:
         raise BadInput(f"step {step_name} needs --{missing[0]} DIR (the model to compare against)")
     if step_cls.requires_gate() and model.is_dir():
