@@ -8,36 +8,83 @@ is escaped so it can neither end a table cell nor become raw HTML (``_md``).
 
 from __future__ import annotations
 
-import json
 import math
+import os
 import re
 from pathlib import Path
 
+from pydantic import BaseModel, Field, ValidationError
+
 from slimops.errors import BadInput
-from slimops.manifest import read_manifest
+from slimops.manifest import read_manifest, within
 
 RUN_SUMMARY = "run.json"  # written by the runner, read here
 TEMPLATE = "report.html.j2"
+
+
+class _StepRecord(BaseModel):
+    id: str
+    step: str
+    input: str
+    out: str
+    status: str
+    seconds: float = 0.0
+    metrics: dict = Field(default_factory=dict)
+
+
+class _RunSummary(BaseModel):
+    """run.json as the runner writes it; ``slimops report`` may be pointed at any directory, so it is checked."""
+
+    recipe: str
+    name: str
+    finished: str
+    seconds: float
+    source: str
+    steps: list[_StepRecord]
+    gate: dict | None = None
+    exit_code: int
 
 
 def load_summary(run_dir: Path) -> dict:
     path = Path(run_dir) / RUN_SUMMARY
     if not path.is_file():
         raise BadInput(f"{run_dir} holds no {RUN_SUMMARY}; give the directory a `slimops run` wrote")
-    return json.loads(path.read_text())
+    if path.stat().st_size > 64 << 20:
+        raise BadInput(f"{path} is larger than 64 MiB; it was not written by slimops run")
+    try:
+        return _RunSummary.model_validate_json(path.read_bytes()).model_dump()
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "run.json"
+        raise BadInput(f"{path} is not a run summary slimops wrote ({where}: {first['msg'][:120]}); re-run "
+                       "`slimops run` to rewrite it") from None
 
 
 def write_report(run_dir: Path) -> tuple[Path, Path]:
     run_dir = Path(run_dir)
     summary = load_summary(run_dir)
-    manifests = {r["id"]: read_manifest(Path(r["out"])) or {} for r in summary["steps"]}
-    report = _report(summary, manifests)
+    manifests = {r["id"]: _manifest_of(run_dir, r) for r in summary["steps"]}
+    try:
+        report = _report(summary, manifests)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError) as err:
+        raise BadInput(f"{run_dir}: a step manifest holds values slimops did not write ({type(err).__name__}: "
+                       f"{' '.join(str(err).split())[:120]}); re-run `slimops run`") from None
     md, page = _markdown(report), _html(report)
     for name, text in (("report.md", md), ("report.html", page)):
         tmp = run_dir / f".{name}.tmp"
         tmp.write_text(text)
         tmp.replace(run_dir / name)
     return run_dir / "report.html", run_dir / "report.md"
+
+
+def _manifest_of(run_dir: Path, record: dict) -> dict:
+    """A step's manifest from its folder in this run directory, never from a path run.json points elsewhere."""
+    root = os.path.realpath(run_dir)
+    for candidate in (run_dir / "steps" / record["id"], Path(record["out"])):
+        real = os.path.realpath(candidate)
+        if real != root and within(real, root) and os.path.isdir(real):
+            return read_manifest(Path(real)) or {}
+    return {}
 
 
 # ----------------------------------------------------------------------------- what the report says
