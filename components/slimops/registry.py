@@ -103,7 +103,7 @@ class Registry:
         directory = Path(directory).absolute()
         recorded = directory / REGISTRY_FILE
         if recorded.is_file():
-            known = json.loads(recorded.read_text()).get("tracking_uri")
+            known = _recorded_uri(recorded)
             if tracking_uri and known and tracking_uri != known:
                 raise BadInput(f"registry {directory} records tracking URI {known}, not {tracking_uri}; "
                                "use another registry directory for another store")
@@ -307,6 +307,19 @@ class Registry:
         return read_audit(self.directory / AUDIT_LOG)
 
 
+def _recorded_uri(path: Path) -> str | None:
+    """The tracking URI a registry directory records; one line, exit 2, for a file slimops did not write."""
+    try:
+        value = json.loads(path.read_bytes()) if path.stat().st_size < 1 << 20 else None
+    except (ValueError, RecursionError):
+        value = None
+    uri = value.get("tracking_uri") if isinstance(value, dict) else None
+    if not isinstance(uri, str) or not uri or len(uri) > 2000 or "\n" in uri:
+        raise BadInput(f"{path} is not a registry file slimops wrote (no tracking_uri string); give the registry "
+                       "directory a register step wrote, or fix the file")
+    return uri
+
+
 def append_audit(path: Path, entry: dict) -> None:
     """One line per event, written with one O_APPEND write and synced: concurrent writers never interleave
     inside a line, and nothing is ever rewritten."""
@@ -324,7 +337,14 @@ def read_audit(path: Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    entries = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if line.strip():
+            try:
+                entries.append(json.loads(line))
+            except (ValueError, RecursionError):
+                raise BadInput(f"{path}:{number} is not a JSON line; the audit log was edited, restore it") from None
+    return entries
 
 
 def _exists(client, name: str) -> bool:
