@@ -64,13 +64,16 @@ def _load_config_file(path: str | None) -> dict:
     return data
 
 
+MAX_THREADS = 1024  # a thread pool this large is a typo, and ONNX Runtime would try to start it
+
+
 def _positive_int(text: str) -> int:
     try:
-        value = int(text)
+        value = int(text) if len(text) < 20 else 0
     except ValueError:
         value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    if not 1 <= value <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number from 1 to {MAX_THREADS}")
     return value
 
 

@@ -89,7 +89,7 @@ class Recipe(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     model: ModelSource
-    threads: int | None = Field(None, ge=1, description="CPU threads for every model (default: all cores)")
+    threads: int | None = Field(None, ge=1, le=1024, description="CPU threads for every model (default: all cores)")
     data: dict[str, DataSpec] = Field(default_factory=dict)
     steps: list[StepSpec] = Field(min_length=1)
     placement: Placement | None = Field(None, description="default placement of every step on an orchestrator")
