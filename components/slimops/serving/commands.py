@@ -36,8 +36,11 @@ def add_commands(sub) -> None:
     server.add_argument("--port", type=int, default=8080)
     server.add_argument("--token-file", help="file holding a secret token: requests must send 'Authorization: "
                                              "Bearer <token>' (health checks excepted)")
-    server.add_argument("--workers", type=int, default=2, help="inference threads (default 2)")
-    server.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads per model (default 1)")
+    from slimops.cli import _positive_int  # 1..1024: a larger pool is a typo ONNX Runtime would try to start
+
+    server.add_argument("--workers", type=_positive_int, default=2, help="inference threads (default 2)")
+    server.add_argument("--threads", type=_positive_int, default=1,
+                        help="ONNX Runtime intra-op threads per model (default 1)")
     d = Limits()
     limits = serve.add_argument_group("limits (over a size limit: 413; full: 503 + Retry-After; too slow: 504 / 408)")
     limits.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help=f"default {d.max_body_bytes}")
