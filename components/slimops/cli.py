@@ -271,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         print("slimops: interrupted; no partial output was kept", file=sys.stderr)
         return 130
     except Exception as err:  # an internal error: say so, keep the traceback for a bug report
+        refused = _input_error(err)
+        if refused is not None:
+            print(_one_line("slimops: error: ", refused), file=sys.stderr)
+            return BadInput.exit_code
         full = _no_space(err)
         if full is not None:  # a full disk is not a bug: the output was removed, say where space ran out
             print(_one_line("slimops: error: ", full + f", writing {getattr(args, 'out', None) or 'the output'}; "
@@ -289,6 +293,21 @@ def _one_line(prefix: str, err) -> str:
     """The contract's last line of defence: one line, at most MAX_MESSAGE characters, whatever the message."""
     text = prefix + " ".join(str(err).split())
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def _input_error(err: BaseException) -> str | None:
+    """Errors that say the user's input cannot be used, not that slimops has a bug: a path the OS refuses (too
+    long, not permitted, read-only, not a directory) and the model registry refusing a URI, name or version."""
+    import errno
+
+    if isinstance(err, OSError) and err.errno in (errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.EROFS,
+                                                  errno.ENOTDIR, errno.EISDIR, errno.ELOOP):
+        where = str(err.filename)[:120] + ("..." if len(str(err.filename)) > 120 else "")
+        return f"cannot use {where}: {err.strerror}; give a path slimops may write (or read)"
+    if type(err).__module__.split(".")[0] in ("mlflow", "sqlalchemy"):
+        return (f"the model registry refused ({type(err).__name__}: {' '.join(str(err).split())[:200]}); check "
+                "--registry and its tracking URI, --model and --version")
+    return None
 
 
 def _no_space(err: BaseException) -> str | None:

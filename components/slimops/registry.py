@@ -101,6 +101,9 @@ class Registry:
     def open(cls, directory: Path | str, tracking_uri: str | None = None, create: bool = True) -> "Registry":
         """The registry in ``directory``: its recorded URI, or ``tracking_uri``, or a SQLite store inside it."""
         directory = Path(directory).absolute()
+        for name in (REGISTRY_FILE, AUDIT_LOG, "serving", "artifacts", "mlflow.db"):
+            if (directory / name).is_symlink():  # a link would make promote write or append outside the registry
+                raise BadInput(f"{directory / name} is a symbolic link; a registry directory holds its own files")
         recorded = directory / REGISTRY_FILE
         if recorded.is_file():
             known = _recorded_uri(recorded)
@@ -325,7 +328,10 @@ def append_audit(path: Path, entry: dict) -> None:
     inside a line, and nothing is ever rewritten."""
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(entry, sort_keys=True, default=str) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as err:
+        raise BadInput(f"cannot append to the audit log {path} ({err.strerror}); it must be a plain file") from None
     try:
         os.write(fd, line)
         os.fsync(fd)

@@ -8,8 +8,10 @@ is escaped so it can neither end a table cell nor become raw HTML (``_md``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import tempfile
 import re
 from pathlib import Path
 
@@ -47,7 +49,7 @@ class _RunSummary(BaseModel):
 
 def load_summary(run_dir: Path) -> dict:
     path = Path(run_dir) / RUN_SUMMARY
-    if not path.is_file():
+    if not path.is_file() or path.is_symlink():
         raise BadInput(f"{run_dir} holds no {RUN_SUMMARY}; give the directory a `slimops run` wrote")
     if path.stat().st_size > 64 << 20:
         raise BadInput(f"{path} is larger than 64 MiB; it was not written by slimops run")
@@ -71,10 +73,22 @@ def write_report(run_dir: Path) -> tuple[Path, Path]:
                        f"{' '.join(str(err).split())[:120]}); re-run `slimops run`") from None
     md, page = _markdown(report), _html(report)
     for name, text in (("report.md", md), ("report.html", page)):
-        tmp = run_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(run_dir / name)
+        _write_new(run_dir / name, text)
     return run_dir / "report.html", run_dir / "report.md"
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Write through a fresh temporary file (O_EXCL: never one planted there, link or FIFO) renamed over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise BadInput(f"cannot write {path} ({err.strerror}); remove what is there") from None
 
 
 def _manifest_of(run_dir: Path, record: dict) -> dict:

@@ -98,7 +98,12 @@ def init_factory_model(source, out: Path) -> Path:
                      kwargs=source.kwargs, input_shape=source.input_shape, num_labels=source.num_labels,
                      normalize=False)
     torch.manual_seed(source.seed)
-    module = import_factory(source.factory, "recipe model.factory")(**source.kwargs)
+    build = import_factory(source.factory, "recipe model.factory")
+    try:
+        module = build(**source.kwargs)
+    except Exception as err:  # noqa: BLE001 - a wrong keyword or value: the factory's own error, on one line
+        raise BadInput(f"model.factory {source.factory}(**{str(source.kwargs)[:80]}) failed ({type(err).__name__}: "
+                       f"{' '.join(str(err).split())[:120]}); fix model.kwargs") from None
     with atomic_dir(out) as tmp:
         save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp / "model.safetensors"))
         dump_architecture(tmp / "architecture.json", info)

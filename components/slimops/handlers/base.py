@@ -31,6 +31,7 @@ class TextMixin:
 
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), trust_remote_code=False)
+            self.tokenizer(["A probe sentence."])  # a tokenizer that loads can still fail on text (an empty vocabulary)
         except (KeyboardInterrupt, SystemExit, MemoryError, BadInput):
             raise
         except BaseException as err:  # transformers' errors, and the tokenizers library's Rust panics

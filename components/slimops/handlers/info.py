@@ -43,6 +43,8 @@ def describe(model_dir: Path) -> ModelInfo:
         raise BadInput(f"model path not found: {model_dir}; give a model directory (or .onnx file) that exists")
     if model_dir.is_file():
         raise BadInput(f"model path {model_dir} is a file; give the directory that holds it")
+    if not model_dir.is_dir():
+        raise BadInput(f"model path {model_dir} is not a directory (a device or FIFO); give a model directory")
     try:
         names = {p.name for p in model_dir.iterdir()}
     except PermissionError:
@@ -232,6 +234,21 @@ def _info_from_graph(model_dir: Path, file: str, graph, fmt: str) -> ModelInfo:
     if has_tokenizer(model_dir):
         task = "text-classification" if "logits" in outputs else "sentence-embedding"
         return ModelInfo(format=fmt, task=task, file=file, normalize=task == "sentence-embedding")
-    dims = graph.input[0].type.tensor_type.shape.dim if graph.input else []
-    shape = [d.dim_value for d in dims[1:]] if dims else None
+    # A tensor classifier: one float input [batch, example dims...] and logits [batch, classes] first.
+    inputs = [i for i in graph.input if i.name not in {init.name for init in graph.initializer}]
+    if len(inputs) != 1:
+        raise BadInput(f"{model_dir / file} has {len(inputs)} inputs; a tensor model takes one (a text model needs its "
+                       "tokenizer files beside it)")
+    tensor = inputs[0].type.tensor_type
+    if tensor.elem_type not in (1, 10):  # FLOAT, FLOAT16
+        raise BadInput(f"{model_dir / file}: input {inputs[0].name[:60]!r} is not float; slimops feeds float32 "
+                       "tensors to a tensor model")
+    first = graph.output[0].type.tensor_type
+    if first.elem_type not in (1, 10, 11):  # FLOAT, FLOAT16, DOUBLE: logits
+        raise BadInput(f"{model_dir / file}: its first output is not float; a tensor classifier returns logits")
+    known = tensor.HasField("shape") and first.HasField("shape")  # only shapes the graph declares are checked
+    if known and (len(tensor.shape.dim) < 2 or len(first.shape.dim) != 2):
+        raise BadInput(f"{model_dir / file}: a tensor classifier takes [batch, ...] and returns [batch, classes] "
+                       f"first; this one takes rank {len(tensor.shape.dim)} and returns rank {len(first.shape.dim)}")
+    shape = [d.dim_value for d in tensor.shape.dim[1:]] if tensor.HasField("shape") else None
     return ModelInfo(format=fmt, task="tensor-classification", file=file, input_shape=shape, normalize=False)

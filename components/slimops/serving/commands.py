@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ def add_commands(sub) -> None:
     source = serve.add_argument_group("what to serve (a registry, or model directories)")
     source.add_argument("--registry", help="registry directory (default store: <run dir>/registry): serves the "
                                            "champion and, under canary, the challenger")
-    source.add_argument("--model", help="registered model name (default: the only one in the registry)")
+    source.add_argument("--model", type=_model_name, help="registered model name (default: the only one in the registry)")
     source.add_argument("--champion", help="a model directory to serve as the champion")
     source.add_argument("--challenger", help="a model directory to serve as the challenger (canary)")
     source.add_argument("--name", default="model", help="model name to serve directories under (default: model)")
@@ -64,16 +65,32 @@ def add_commands(sub) -> None:
 
     promote = sub.add_parser("promote", help="move the registry's champion to a registered, gated version (audited)")
     promote.add_argument("--registry", required=True, help="registry directory")
-    promote.add_argument("--model", help="registered model name (default: the only one)")
-    promote.add_argument("--version", required=True, help="model version to make champion")
+    promote.add_argument("--model", type=_model_name, help="registered model name (default: the only one)")
+    promote.add_argument("--version", required=True, type=_version, help="model version to make champion")
     promote.add_argument("--reason", default="promoted by hand", help="why, for the audit log")
     promote.set_defaults(func=cmd_promote)
 
     rollback = sub.add_parser("rollback", help="restore the previous champion (audited)")
     rollback.add_argument("--registry", required=True, help="registry directory")
-    rollback.add_argument("--model", help="registered model name (default: the only one)")
+    rollback.add_argument("--model", type=_model_name, help="registered model name (default: the only one)")
     rollback.add_argument("--reason", default="rolled back by hand", help="why, for the audit log")
     rollback.set_defaults(func=cmd_rollback)
+
+
+def _model_name(text: str) -> str:
+    import re
+
+    from slimops.steps.register import MODEL_NAME_PATTERN
+
+    if not re.match(MODEL_NAME_PATTERN, text):
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a registered model name (letters, digits, . _ -)")
+    return text
+
+
+def _version(text: str) -> str:
+    if not (text.isascii() and text.isdigit() and 0 < int(text) < 2**31):
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a model version (a whole number from 1)")
+    return str(int(text))
 
 
 def _open(args):
