@@ -86,7 +86,8 @@ def broken_model(src: Path, dst: Path) -> Path:
     for node in graph.node:
         node.output[:] = [f"{o}_raw" if o == old else o for o in node.output]
     graph.node.append(helper.make_node("Reshape", [f"{old}_raw", "broken_shape"], [old]))
-    del graph.output[0].type.tensor_type.shape.dim[:]
+    dims = graph.output[0].type.tensor_type.shape.dim  # still [rows, columns]: only how many rows changes
+    dims[0].dim_param, dims[1].dim_param = "rows", "columns"
     dst.mkdir()
     onnx.save(model, str(dst / "model.onnx"))
     return dst
