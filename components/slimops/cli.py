@@ -1,4 +1,5 @@
-"""``slimops``: step, run, steps, report. Exit codes: 0 ok, 1 internal error, 2 bad input, 3 gate failed."""
+"""``slimops``: step, run, steps, report. Exit codes: 0 ok, 1 internal error, 2 bad input, 3 gate failed,
+4 gate inconclusive (retry later)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from slimops.errors import EXIT_INTERNAL, EXIT_OK, GateFailed, SlimopsError, BadInput
+from slimops.errors import EXIT_INTERNAL, EXIT_OK, BadInput, GateFailed, GateInconclusive, SlimopsError
 
 
 def _parse_sets(pairs: list[str]) -> dict:
@@ -88,6 +89,10 @@ def cmd_step(args) -> int:
     if outcome.passed is not None:
         _write_gate_output(args.gate_output, outcome.passed)
     _write_metrics_output(args.metrics_output, outcome.manifest)
+    if outcome.status == "inconclusive":
+        # Not a verdict, so never "continue": the task fails with exit 4 and the orchestrator retries it later.
+        raise GateInconclusive("gate inconclusive: " + "; ".join(outcome.reasons) + "; run it again when the "
+                               "machine is quiet (runners retry it with backoff)", report_path=outcome.report)
     if outcome.status == "gate_failed":
         # A pipeline that branches on the gate (--on-gate-fail continue) reads --gate-output instead of the
         # exit code; the manifest and gate_report.json are written either way.
@@ -130,6 +135,9 @@ def cmd_run(args) -> int:
         console.print("[yellow]no gate in this recipe[/yellow]")
     elif gate["passed"]:
         console.print(f"[bold green]gate PASSED[/bold green] ({gate['step']})")
+    elif gate.get("verdict") == "inconclusive":
+        console.print(f"[bold yellow]gate INCONCLUSIVE[/bold yellow] ({gate['step']}): " + "; ".join(gate["reasons"])
+                      + "; nothing was promoted, run it again when the machine is quiet")
     else:
         console.print(f"[bold red]gate FAILED[/bold red] ({gate['step']}): " + "; ".join(gate["reasons"]))
     console.print(f"report: {result.run_dir / 'report.html'}  (and report.md)")
@@ -259,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
 
             factories.allow(args.allow_factory)
         return args.func(args)
-    except GateFailed as err:
+    except (GateFailed, GateInconclusive) as err:
         print(_one_line("slimops: ", err), file=sys.stderr)
         if err.report_path:
             print(f"slimops: gate report: {err.report_path}", file=sys.stderr)

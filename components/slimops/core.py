@@ -75,11 +75,12 @@ def cache_key(step_name: str, config: StepConfig, inputs: dict[str, Path]) -> st
 @dataclass(frozen=True)
 class Outcome(Mapping):
     """What a step came to. ``ok``: OUT written; ``gate_failed``: OUT written with its gate report, the verdict is
-    no; ``refused``: a registry or deploy step refused its input's evidence, nothing written. Reads as the
+    no; ``inconclusive``: OUT written with its gate report, the gate could not decide (a runner retries it later);
+    ``refused``: a registry or deploy step refused its input's evidence, nothing written. Reads as the
     manifest (``outcome["metrics"]``). Bad input is not an outcome: it raises BadInput. Only the CLI turns an
     outcome into an exit code."""
 
-    status: Literal["ok", "gate_failed", "refused"]
+    status: Literal["ok", "gate_failed", "inconclusive", "refused"]
     manifest: dict = field(default_factory=dict)
     reasons: tuple[str, ...] = ()
     report: Path | None = None
@@ -152,13 +153,16 @@ def _run_step(step_name, model, out, config, inputs, threads) -> Outcome:
             "outputs": hash_tree(tmp),
             "metrics": result.metrics,
             "details": result.details,
-            "gate": None if result.gate_passed is None else {"passed": result.gate_passed,
-                                                             "reasons": result.gate_reasons},
+            "gate": None if result.gate_passed is None else {
+                "passed": result.gate_passed, "reasons": result.gate_reasons,
+                "verdict": result.gate_verdict or ("pass" if result.gate_passed else "fail")},
             "seconds": round(time.perf_counter() - started, 2),
             "versions": library_versions(),
             "parent": parent,
         }
         write_json_atomic(tmp / MANIFEST, manifest)
+    if result.gate_verdict == "inconclusive":
+        return Outcome("inconclusive", manifest, tuple(result.gate_reasons), out / GATE_REPORT)
     if result.gate_passed is False:
         return Outcome("gate_failed", manifest, tuple(result.gate_reasons), out / GATE_REPORT)
     return Outcome("ok", manifest, report=out / GATE_REPORT if result.gate_passed else None)

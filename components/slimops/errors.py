@@ -7,6 +7,7 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
 EXIT_GATE_FAILED = 3
+EXIT_GATE_INCONCLUSIVE = 4
 
 
 class SlimopsError(Exception):
@@ -23,6 +24,18 @@ class GateFailed(SlimopsError):
     """The candidate did not pass its gate. The report is written before this is raised."""
 
     exit_code = EXIT_GATE_FAILED
+
+    def __init__(self, message: str, report_path=None):
+        super().__init__(message)
+        self.report_path = report_path
+
+
+class GateInconclusive(SlimopsError):
+    """The gate could not decide: a speed interval straddles its threshold, or the machine was contended while
+    timing. Not a verdict: runners retry the gate step later (with backoff) and never promote on it. The report
+    (with the evidence) is written before this is raised."""
+
+    exit_code = EXIT_GATE_INCONCLUSIVE
 
     def __init__(self, message: str, report_path=None):
         super().__init__(message)

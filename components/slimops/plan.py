@@ -28,6 +28,18 @@ IMAGE_LOCK = Path(__file__).parent / "image.json"
 
 
 @dataclass(frozen=True)
+class Retry:
+    """Retries with exponential backoff: wait ``backoff_s``, then ``backoff_s * factor``, ..."""
+
+    retries: int
+    backoff_s: float
+    factor: float = 2.0
+
+    def waits(self) -> list[float]:
+        return [self.backoff_s * self.factor ** i for i in range(self.retries)]
+
+
+@dataclass(frozen=True)
 class StepCall:
     """One step of a recipe, as any runner issues it."""
 
@@ -39,6 +51,7 @@ class StepCall:
     after_gate: bool  # part of the promotion branch: runs only when the gate passed
     placement: dict | None = None  # accelerator / node selector / tolerations on an orchestrator (the step's or the recipe's)
     allow_factories: tuple[str, ...] = ()  # the recipe's allow_factories, passed on to the step process
+    inconclusive: Retry = Retry(3, 60.0)  # the recipe's retry_inconclusive (used by the gate step)
 
     @property
     def role(self) -> str:
@@ -55,13 +68,24 @@ class StepCall:
         return not get_step(self.step).side_effects
 
     @property
-    def retries(self) -> int:
-        """Retries an orchestrator may make on an infrastructure failure (a killed pod, a lost node). A gate is not
-        retried (a failed verdict does not get better by measuring again) and neither is a step with side
-        effects; orchestrators that retry cannot tell exit 2 from a crash, so a transform's bad input costs two
-        quick extra attempts."""
+    def retry(self) -> Retry | None:
+        """How an orchestrator retries this step when it exits non-zero.
+
+        - The gate: on exit 4 (inconclusive: it could not time the models honestly), after a backoff, as the
+          recipe's ``retry_inconclusive`` says. A failed verdict is not retried: a gating step in a pipeline runs
+          with ``--on-gate-fail continue`` and exits 0 on it.
+        - A transform: twice, on an infrastructure failure (a killed pod, a lost node). Orchestrators that retry
+          cannot tell exit 2 from a crash, so bad input costs two quick extra attempts.
+        - A step with side effects: never (a blind retry could register or deploy twice).
+        """
         step = get_step(self.step)
-        return 0 if step.side_effects or step.role == "gate" else 2
+        if step.role == "gate":
+            return self.inconclusive if self.inconclusive.retries else None
+        return None if step.side_effects else Retry(2, 30.0)
+
+    @property
+    def retries(self) -> int:
+        return self.retry.retries if self.retry else 0
 
     def resolved_config(self, recipe_dir: str | Path) -> dict:
         """The config with relative data paths placed under ``recipe_dir`` (where the recipe lives on the runner)."""
@@ -154,7 +178,8 @@ def plan_recipe(recipe: Recipe | str | Path, require_gate: bool = True, source_f
                       config=_relative_data(s.step, s.config, base),
                       after_gate=gate_index is not None and i > gate_index,
                       placement=_placement(s.placement or recipe.placement),
-                      allow_factories=tuple(recipe.allow_factories))
+                      allow_factories=tuple(recipe.allow_factories),
+                      inconclusive=Retry(**recipe.retry_inconclusive.model_dump()))
              for i, s in enumerate(recipe.steps)]
     model = recipe.model.model_dump(exclude_none=True, exclude_defaults=True)
     if "path" in model:

@@ -84,6 +84,16 @@ class StepSpec(BaseModel):
     placement: Placement | None = Field(None, description="this step's placement; replaces the recipe's")
 
 
+class RetryInconclusive(BaseModel):
+    """How a runner retries a gate that could not decide (exit 4): a busy machine now is often a quiet one later."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    retries: int = Field(3, ge=0, le=20, description="attempts after the first; 0: an inconclusive gate fails the run")
+    backoff_s: float = Field(60.0, ge=0, le=3600, description="wait before the first retry, in seconds")
+    factor: float = Field(2.0, ge=1, le=10, description="each later wait is this many times the one before")
+
+
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -96,6 +106,8 @@ class Recipe(BaseModel):
     placement: Placement | None = Field(None, description="default placement of every step on an orchestrator")
     allow_factories: list[str] = Field(default_factory=list, description="modules (or module:callable) whose model "
                                        "factories may be imported, beyond slimops.zoo and 'slimops.factories' entry points")
+    retry_inconclusive: RetryInconclusive = Field(default_factory=RetryInconclusive,
+                                                  description="how every runner retries a gate that exits 4 (inconclusive)")
 
     # Filled by load_recipe: where the file lives, and each step's resolved config.
     path: Path | None = Field(None, exclude=True)

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from slimops.core import GATE_REPORT, cache_key, parse_config, run_step
-from slimops.errors import BadInput, GateFailed
+from slimops.errors import BadInput, GateFailed, GateInconclusive
 from slimops.manifest import atomic_dir, clean_stale_temps, hash_tree, out_lock, read_manifest, write_json_atomic
 from slimops.plan import StepCall, plan_recipe
 from slimops import progress
@@ -149,6 +149,19 @@ def _claim_run_dir(run_dir: Path, recipe: Recipe) -> None:
             leftover.unlink()
 
 
+def _run_retrying(call, model, out, config, inputs, threads):
+    """run_step, retried after a backoff while its gate is inconclusive (as an orchestrator's retry policy would)."""
+    waits = call.inconclusive.waits() if call.gated else []
+    for attempt, wait in enumerate([*waits, None], start=1):
+        outcome = run_step(call.step, model, out, config, inputs, threads=threads)
+        if outcome.status != "inconclusive" or wait is None:
+            break
+        progress.note(f"{call.id}: gate inconclusive ({'; '.join(outcome.reasons)[:300]}); attempt {attempt + 1} "
+                      f"of {len(waits) + 1} in {wait:g} s", "yellow")
+        time.sleep(wait)
+    return outcome, attempt
+
+
 def _run(recipe: Recipe, calls: list, run_dir: Path, use_cache: bool) -> RunResult:
     started = time.perf_counter()
     outputs = {"source": resolve_source(recipe, run_dir)}
@@ -172,7 +185,8 @@ def _run(recipe: Recipe, calls: list, run_dir: Path, use_cache: bool) -> RunResu
             if manifest and stale != "inputs or config changed":
                 progress.note(f"{spec.id}: not reusing {out}: {stale}", "yellow")
             progress.note(f"{spec.id}: running {spec.step}", "bold")
-            outcome = run_step(spec.step, outputs[spec.input], out, config, inputs, threads=recipe.threads)
+            outcome, record["attempts"] = _run_retrying(spec, outputs[spec.input], out, config, inputs,
+                                                        recipe.threads)
             record["status"] = "refused" if outcome.status == "refused" else "ran"
             # refused: nothing written (promote/deploy without a matching passing gate); the chain stops there
             manifest = outcome.manifest or {"gate": {"passed": False, "reasons": list(outcome.reasons)}, "metrics": {}}
@@ -184,7 +198,7 @@ def _run(recipe: Recipe, calls: list, run_dir: Path, use_cache: bool) -> RunResu
         if verdict is not None:
             gate = {"step": spec.id, **verdict, "report": str(out / GATE_REPORT)}
             if not verdict["passed"]:
-                exit_code = GateFailed.exit_code
+                exit_code = GateInconclusive.exit_code if verdict.get("verdict") == "inconclusive" else GateFailed.exit_code
                 break  # a failed gate stops the chain; later steps never see a rejected model
     summary = {
         "recipe": str(recipe.path),

@@ -62,3 +62,4 @@ class StepResult:
     details: dict = field(default_factory=dict)  # step-specific facts for the manifest (fusions, float nodes, ...)
     gate_passed: bool | None = None  # only validate sets this
     gate_reasons: list[str] = field(default_factory=list)
+    gate_verdict: str | None = None  # "pass", "fail" or "inconclusive" (validate); None: pass/fail from gate_passed

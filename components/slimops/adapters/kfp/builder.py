@@ -58,8 +58,9 @@ def _policy(task, call: StepCall):
     """The plan's cache and retry policy: a step with side effects is never cached (a cached register would
     silently skip the registration) nor retried blindly."""
     task.set_caching_options(call.cacheable)
-    if call.retries:
-        task.set_retry(num_retries=call.retries, backoff_duration="30s", backoff_factor=2.0)
+    if call.retry:
+        task.set_retry(num_retries=call.retry.retries, backoff_duration=f"{call.retry.backoff_s:g}s",
+                       backoff_factor=call.retry.factor)
     return task
 
 
