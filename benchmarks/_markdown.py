@@ -15,7 +15,8 @@ def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "unknown CPU")
     flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
     isa = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_vnni", "AVX-512 VNNI"),
-                                   ("avx_vnni", "AVX-VNNI")) if flag in flags]
+                                   ("avx_vnni", "AVX-VNNI"), ("avx512_bf16", "AVX512-BF16"), ("amx_int8", "AMX-INT8"),
+                                   ("amx_bf16", "AMX-BF16")) if flag in flags]
     vnni = "" if {"avx512_vnni", "avx_vnni"} & flags else ", no int8 dot-product instructions (no VNNI)"
     return f"{cpu}, {os.cpu_count()} cores, {' + '.join(isa) or 'no AVX'}{vnni}, Python {platform.python_version()}"
 

@@ -75,9 +75,7 @@ def task_metrics(outputs: np.ndarray, dataset: Dataset) -> dict[str, float]:
     if dataset.kind == "sts":
         from scipy.stats import spearmanr
 
-        a = np.array([outputs[i] for i, _ in dataset.pairs])
-        b = np.array([outputs[j] for _, j in dataset.pairs])
-        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+        cos = _pair_cosines(outputs, dataset.pairs)
         if len(cos) < 2 or np.ptp(cos) == 0 or np.ptp(dataset.scores) == 0:
             raise BadInput(f"Spearman is undefined on these {len(cos)} STS pairs: "
                            f"{'the model gives every pair the same similarity' if len(cos) > 1 and np.ptp(cos) == 0 else 'the gold scores do not vary'}; "
@@ -146,3 +144,64 @@ def alternate_latency(models: dict, inputs, runs: int, blocks: int = 5, warmup: 
                 times[name].append((time.perf_counter() - start) * 1e3)
     return {name: {"p50_ms": float(np.percentile(t, 50)), "p95_ms": float(np.percentile(t, 95))}
             for name, t in times.items()}
+
+
+def drop_interval(baseline: np.ndarray, candidate: np.ndarray, dataset: Dataset, confidence: float,
+                  resamples: int = 1000, seed: int = 0) -> dict:
+    """Paired bootstrap of the metric drop (baseline - candidate, x100 points) over the evaluation examples.
+
+    Paired: each resample scores both models on the same examples (STS: the same pairs), so what varies is
+    where the two models disagree, not which examples happened to be in the set. A candidate that gives the
+    baseline's answers has an interval of [0, 0] on any set; one that disagrees often on a small set has a
+    wide one.
+    """
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(seed)
+    if dataset.kind == "sts":
+        gold = np.asarray(dataset.scores, float)
+        sims = [_pair_cosines(outputs, dataset.pairs) for outputs in (baseline, candidate)]
+        picks = rng.integers(0, len(gold), size=(resamples, len(gold)))
+        gold_ranks = rankdata(gold[picks], axis=1)
+        scores = [_row_correlation(rankdata(sim[picks], axis=1), gold_ranks) for sim in sims]
+        drops = 100.0 * (scores[0] - scores[1])
+        units = len(gold)
+    else:
+        labels = np.asarray(dataset.labels)
+        right = [(outputs.argmax(axis=1) == labels).astype(float) for outputs in (baseline, candidate)]
+        picks = rng.integers(0, len(labels), size=(resamples, len(labels)))
+        drops = 100.0 * (right[0][picks].mean(axis=1) - right[1][picks].mean(axis=1))
+        units = len(labels)
+    drops = drops[np.isfinite(drops)]  # a resample of constant similarities has no Spearman
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(drops, [tail, 100 - tail]) if len(drops) else (float("nan"),) * 2
+    return {"low": float(low), "high": float(high), "confidence": confidence, "resamples": resamples,
+            "examples": units}
+
+
+def _pair_cosines(outputs: np.ndarray, pairs) -> np.ndarray:
+    a = np.array([outputs[i] for i, _ in pairs])
+    b = np.array([outputs[j] for _, j in pairs])
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+
+
+def _row_correlation(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    x = x - x.mean(axis=1, keepdims=True)
+    y = y - y.mean(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (x * y).sum(1) / np.sqrt((x * x).sum(1) * (y * y).sum(1))
+
+
+def sample_size_warnings(interval: dict, limit: float | None) -> list[str]:
+    """What the report says when the evaluation set is too small for the bound asked."""
+    warnings = []
+    n, half = interval["examples"], (interval["high"] - interval["low"]) / 2
+    level = f"{100 * interval['confidence']:g}%"
+    if n < 100:
+        warnings.append(f"only {n} evaluation examples: a {level} interval from so few is rough; use at least 100")
+    if limit is not None and limit > 0 and np.isfinite(half) and half > limit / 2:
+        needed = int(np.ceil(n * (2 * half / limit) ** 2))
+        warnings.append(f"the {level} interval of the metric drop is +/-{half:.2f} points on {n} examples, so only a "
+                        f"drop under {max(0.0, limit - half):.2f} can be shown within the limit {limit:g}; about "
+                        f"{needed} examples would narrow it to +/-{limit / 2:g}")
+    return warnings

@@ -23,29 +23,86 @@ class GatePolicy(BaseModel):
     max_size_ratio: float | None = Field(None, gt=0, description="max size on disk candidate/baseline")
     max_p95_latency_ms: float | None = Field(None, gt=0, description="max batch-1 p95 latency of the candidate")
     min_fidelity: float | None = Field(None, description="min mean cosine to the baseline embeddings, or top-1 agreement %")
+    confidence: float | None = Field(None, ge=0.5, lt=1, description="metric drops pass only when the upper end of "
+                                     "their paired-bootstrap interval at this level is within the limit (e.g. 0.95); "
+                                     "also the level of the speedup interval (default 0.95)")
+    max_timing_spread: float = Field(0.25, ge=0, description="speed rules are inconclusive when rounds disagree more "
+                                     "than this (interquartile range of per-round speedups / their median)")
+
+
+RULES = ("max_metric_drop", "max_relative_metric_drop", "min_speedup", "max_size_ratio", "max_p95_latency_ms",
+         "min_fidelity")
+SPEED_CONFIDENCE = 0.95  # the speedup interval's level when the policy sets no confidence
 
 
 def check(policy: GatePolicy, m: dict) -> list[dict]:
-    """One row per active rule: what was checked, the limit, the measured value, pass/fail."""
+    """One row per active rule: the limit, the value judged, and its status (pass, fail or inconclusive).
+
+    - A metric drop is judged by its point value, or with ``confidence`` by the upper end of its interval.
+    - The speedup passes when its whole interval is at or above the limit, fails when the whole interval is
+      below, and is inconclusive when the interval straddles it.
+    - Speed rules (speedup, p95 latency) are inconclusive when the machine was contended while timing or the
+      rounds disagreed more than ``max_timing_spread``: their numbers would follow the load, not the models.
+    """
+    timing = m.get("timing") or {}
+    noisy = [*timing.get("contention", [])]
+    if m.get("timing_spread") is not None and m["timing_spread"] > policy.max_timing_spread:
+        noisy.append(f"timing rounds disagree by {m['timing_spread']:.2f} (interquartile range / median), over "
+                     f"max_timing_spread {policy.max_timing_spread:g}")
+    drop_bound = 1 if policy.confidence else None
     rules = [
-        ("metric_drop", policy.max_metric_drop, m["metric_drop"], "<="),
-        ("relative_metric_drop", policy.max_relative_metric_drop, m["relative_metric_drop"], "<="),
-        ("speedup", policy.min_speedup, m["speedup"], ">="),
-        ("size_ratio", policy.max_size_ratio, m["size_ratio"], "<="),
-        ("p95_latency_ms", policy.max_p95_latency_ms, m["candidate_p95_ms"], "<="),
-        ("fidelity", policy.min_fidelity, m.get("fidelity"), ">="),
+        ("metric_drop", policy.max_metric_drop, m["metric_drop"], "<=", drop_bound and m.get("metric_drop_ci")),
+        ("relative_metric_drop", policy.max_relative_metric_drop, m["relative_metric_drop"], "<=",
+         drop_bound and m.get("relative_metric_drop_ci")),
+        ("speedup", policy.min_speedup, m["speedup"], ">=", m.get("speedup_ci")),
+        ("size_ratio", policy.max_size_ratio, m["size_ratio"], "<=", None),
+        ("p95_latency_ms", policy.max_p95_latency_ms, m["candidate_p95_ms"], "<=", None),
+        ("fidelity", policy.min_fidelity, m.get("fidelity"), ">=", None),
     ]
     rows = []
-    for name, limit, value, op in rules:
+    for name, limit, value, op, interval in rules:
         if limit is None:
             continue
-        passed = value is not None and (value <= limit if op == "<=" else value >= limit)
-        rows.append({"check": name, "limit": limit, "op": op, "value": value, "passed": passed})
+        row = {"check": name, "limit": limit, "op": op, "value": value}
+        ok = (lambda v: v is not None and (v <= limit if op == "<=" else v >= limit))
+        if interval and name in ("metric_drop", "relative_metric_drop"):
+            row["interval"] = interval  # the drop must be within the limit even at the interval's upper end
+            status = "pass" if ok(interval[1]) else "fail"
+        elif interval:
+            row["interval"] = interval
+            status = "pass" if ok(interval[0]) else "fail" if not ok(interval[1]) else "inconclusive"
+        else:
+            status = "pass" if ok(value) else "fail"
+        if name in ("speedup", "p95_latency_ms") and noisy:
+            status, row["noise"] = "inconclusive", noisy
+        row.update(status=status, passed=status == "pass")
+        rows.append(row)
     return rows
 
 
+def verdict(rows: list[dict]) -> str:
+    """fail if any rule surely fails (measuring again would not help), else inconclusive if any could not be
+    decided, else pass."""
+    statuses = {row.get("status", "pass" if row["passed"] else "fail") for row in rows}
+    return "fail" if "fail" in statuses else "inconclusive" if "inconclusive" in statuses else "pass"
+
+
 def reasons(rows: list[dict]) -> list[str]:
-    return [f"{r['check']} {_fmt(r['value'])} is not {r['op']} {_fmt(r['limit'])}" for r in rows if not r["passed"]]
+    out = []
+    for row in rows:
+        if row["passed"]:
+            continue
+        interval = row.get("interval")
+        shown = f"{_fmt(row['value'])}" + (f" [{_fmt(interval[0])}, {_fmt(interval[1])}]" if interval else "")
+        if row.get("noise"):
+            out.append(f"{row['check']} {shown} cannot be judged: " + "; ".join(row["noise"]))
+        elif row.get("status") == "inconclusive":
+            out.append(f"{row['check']} {shown}: the interval straddles the limit {_fmt(row['limit'])}")
+        elif interval and row["check"].endswith("metric_drop"):
+            out.append(f"{row['check']} {shown}: the interval's upper end is not {row['op']} {_fmt(row['limit'])}")
+        else:
+            out.append(f"{row['check']} {shown} is not {row['op']} {_fmt(row['limit'])}")
+    return out
 
 
 def _fmt(value) -> str:
@@ -88,6 +145,9 @@ def require_passing_gate(model_dir) -> dict:
                          "passed can be promoted or deployed")
     report = _load_report(report_path)
     if report.get("passed") is not True:
+        if report.get("verdict") == "inconclusive":
+            raise GateFailed(f"{model_dir}: the gate was inconclusive ({'; '.join(map(str, report.get('reasons') or []))[:300]}); "
+                             "an undecided model is never promoted: validate it again on a quiet machine")
         raise GateFailed(f"{model_dir}: the gate failed ({'; '.join(map(str, report.get('reasons') or []))[:300] or 'no reason given'}); "
                          "a failed model is never promoted")
     _check_verdict(report, report_path)
@@ -129,7 +189,7 @@ def _check_verdict(report: dict, path: Path) -> None:
     if rows != report.get("checks"):
         raise GateFailed(f"{path}: its checks do not follow from its policy and metrics; the report was edited, "
                          "validate the model again")
-    if not all(row["passed"] for row in rows) or reasons(rows) != report.get("reasons"):
+    if verdict(rows) != "pass" or report.get("verdict") != "pass" or reasons(rows) != report.get("reasons"):
         raise GateFailed(f"{path}: 'passed' does not follow from its own checks ({'; '.join(reasons(rows))[:200]}); "
                          "the report was edited, validate the model again")
 

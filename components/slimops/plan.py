@@ -193,10 +193,10 @@ def _placement(placement) -> dict | None:
 
 
 def _gate_checks(config: dict) -> bool:
-    from slimops.gate import GatePolicy
+    from slimops.gate import RULES, GatePolicy
 
     policy = GatePolicy.model_validate(config.get("gate", {}))
-    return any(value is not None for value in policy.model_dump().values())
+    return any(getattr(policy, rule) is not None for rule in RULES)
 
 
 def _relative_data(step: str, config: dict, base: Path) -> dict:

@@ -121,11 +121,34 @@ def _report(summary: dict, manifests: dict) -> dict:
     gate_manifest = manifests.get((summary.get("gate") or {}).get("step"), {})
     checks = (gate_manifest.get("details") or {}).get("checks") or []
     if checks:
+        level = gate_manifest.get("metrics", {}).get("timing", {}).get("confidence")
         tables.append({
-            "title": "Gate checks", "header": ["check", "measured", "rule", "result"],
-            "rows": [[str(c["check"]), _fmt(c["value"], 4), f"{c['op']} {c['limit']}", "pass" if c["passed"] else "FAIL"]
+            "title": "Gate checks", "header": ["check", "measured", f"interval ({_fmt(level, 2)})", "rule", "result"],
+            "rows": [[str(c["check"]), _fmt(c["value"], 4),
+                      f"[{_fmt(c['interval'][0], 4)}, {_fmt(c['interval'][1], 4)}]" if c.get("interval") else "",
+                      f"{c['op']} {c['limit']}",
+                      {"pass": "pass", "fail": "FAIL"}.get(c.get("status"), "inconclusive") if c.get("status")
+                      else ("pass" if c["passed"] else "FAIL")]
                      for c in checks],
         })
+        timing = gate_manifest.get("metrics", {}).get("timing")
+        if timing:
+            load = timing.get("load") or {}
+            tables.append({
+                "title": "How speed was measured", "header": ["what", "value"],
+                "rows": [["rounds x examples", f"{timing['rounds']} x {timing['examples_per_round']} ({timing['order']})"],
+                         ["threads, pinned cores", f"{timing['threads']} on {timing['pinned_cores']} of {timing['cores']}"],
+                         ["CPU s per wall s (baseline / candidate)",
+                          f"{_fmt(gate_manifest['metrics'].get('baseline_cpu_per_wall'))} / "
+                          f"{_fmt(gate_manifest['metrics'].get('candidate_cpu_per_wall'))}"],
+                         ["round spread (IQR / median)", _fmt(gate_manifest["metrics"].get("timing_spread"), 3)],
+                         ["other runnable tasks, CPU stall, steal",
+                          f"{_fmt(load.get('other_runnable'))}, {_pct(load.get('stall'))}, {_pct(load.get('steal'))}"],
+                         ["contention", "; ".join(map(str, timing.get("contention") or [])) or "none detected"]],
+            })
+        warnings = (gate_manifest.get("details") or {}).get("warnings") or []
+        if warnings:
+            tables.append({"title": "Warnings", "header": ["warning"], "rows": [[str(w)] for w in warnings]})
     steps = []
     for record in summary["steps"]:
         ran_for = manifests[record["id"]].get("seconds")
@@ -177,6 +200,8 @@ def _verdict(summary: dict) -> tuple[str, list[str]]:
     gate = summary.get("gate")
     if gate is None:
         return "NO GATE", ["the recipe has no validate step"]
+    if gate.get("verdict") == "inconclusive":
+        return "INCONCLUSIVE", gate.get("reasons") or []
     return ("PASSED" if gate["passed"] else "FAILED"), gate.get("reasons") or []
 
 
@@ -201,6 +226,10 @@ def _fmt(value, digits=2) -> str:
     return f"{value:,.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.0f}%"
+
+
 def _step_note(record: dict, manifest: dict) -> str:
     details, metrics = manifest.get("details") or {}, manifest.get("metrics") or {}
     notes = []
@@ -221,7 +250,8 @@ def _step_note(record: dict, manifest: dict) -> str:
     if "train_accuracy" in metrics:
         notes.append(f"train accuracy {metrics['train_accuracy']:.2f}")
     if manifest.get("gate"):
-        notes.append("gate " + ("passed" if manifest["gate"]["passed"] else "FAILED"))
+        notes.append("gate " + ("passed" if manifest["gate"]["passed"] else
+                                "inconclusive" if manifest["gate"].get("verdict") == "inconclusive" else "FAILED"))
     return "; ".join(notes)
 
 
@@ -313,5 +343,5 @@ def _html(report: dict) -> str:
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("slimops", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    colour = {"PASSED": "#1a7f37", "FAILED": "#cf222e"}.get(report["verdict"], "#57606a")
+    colour = {"PASSED": "#1a7f37", "FAILED": "#cf222e", "INCONCLUSIVE": "#9a6700"}.get(report["verdict"], "#57606a")
     return env.get_template(TEMPLATE).render(**report, colour=colour)

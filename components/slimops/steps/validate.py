@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 
 from pydantic import Field
 
 from slimops import memprobe, progress
 from slimops.data import DataSpec, load_dataset
-from slimops.evaluate import (alternate_latency, alternate_throughput, check_inputs, fidelity, metric_name,
-                              predict_all, task_metrics)
-from slimops.gate import GatePolicy, check, reasons, sign
+from slimops.evaluate import (alternate_latency, batches, check_inputs, drop_interval, fidelity, metric_name,
+                              predict_all, sample_size_warnings, task_metrics)
+from slimops.gate import SPEED_CONFIDENCE, GatePolicy, check, reasons, sign, verdict
+from slimops.timing import measure_speed
 from slimops.handlers import describe, load
 from slimops.manifest import hash_tree, link_or_copy, write_json_atomic
 from slimops.steps import Step, StepConfig, StepResult
@@ -20,8 +22,9 @@ MODEL_SUFFIXES = (".onnx", ".onnx.data", ".onnx_data", ".safetensors", ".xml", "
 class ValidateConfig(StepConfig):
     data: DataSpec = Field(description="evaluation data (both models see exactly this)")
     batch_size: int = Field(32, ge=1, description="batch size for the metric and the throughput measurement")
-    throughput_samples: int = Field(512, ge=1, description="examples timed per round (the first N of the data)")
-    rounds: int = Field(5, ge=1, le=50, description="alternating timing rounds; the median is reported")
+    throughput_samples: int = Field(128, ge=1, description="examples timed per round (the first N of the data)")
+    rounds: int = Field(20, ge=1, le=500, description="short alternating timing rounds; the median and a bootstrap "
+                        "interval over them are reported")
     latency_runs: int = Field(100, ge=5, description="batch-1 requests per model for p50/p95")
     measure_memory: bool = Field(True, description="peak RSS of each model, measured in a fresh process")
     gate: GatePolicy = Field(default_factory=GatePolicy, description="the pass/fail policy")
@@ -46,8 +49,10 @@ class Validate(Step):
         metric_name(baseline_info.task, dataset)
         check_inputs(candidate_info, dataset, "validate data")
         check_inputs(baseline_info, dataset, "validate data")
-        models = {"baseline": load(baseline_dir, baseline_info, ctx.threads),
-                  "candidate": load(ctx.model_dir, candidate_info, ctx.threads)}
+        # Both models get the same threads (all usable cores unless the recipe says), pinned to the same cores.
+        threads = ctx.threads or len(os.sched_getaffinity(0))
+        models = {"baseline": load(baseline_dir, baseline_info, threads),
+                  "candidate": load(ctx.model_dir, candidate_info, threads)}
 
         outputs, scores = {}, {}
         for role, model in models.items():
@@ -55,31 +60,36 @@ class Validate(Step):
                 outputs[role] = predict_all(model, dataset.inputs, config.batch_size, advance)
             scores[role] = task_metrics(outputs[role], dataset)
 
-        timed = dataset.inputs[: config.throughput_samples]
+        timed = list(batches(dataset.inputs[: config.throughput_samples], config.batch_size))
         with progress.task(f"timing throughput ({config.rounds} alternating rounds)", config.rounds):
-            throughput = alternate_throughput(models, timed, config.batch_size, config.rounds)
+            speed = measure_speed(models, timed, config.rounds, threads,
+                                  config.gate.confidence or SPEED_CONFIDENCE)
+        for reason in speed["timing"]["contention"]:
+            progress.note(f"validate: the machine is busy: {reason}", "yellow")
         latency = alternate_latency(models, dataset.inputs, config.latency_runs)
         sizes = {"baseline": model_size_bytes(baseline_dir), "candidate": model_size_bytes(ctx.model_dir)}
-        memory = ({role: memprobe.measure(d, config.batch_size, ctx.threads)
+        memory = ({role: memprobe.measure(d, config.batch_size, threads)
                    for role, d in (("baseline", baseline_dir), ("candidate", ctx.model_dir))}
                   if config.measure_memory else {})
 
         base, cand = scores["baseline"][name], scores["candidate"][name]
         fid = fidelity(outputs["baseline"], outputs["candidate"], candidate_info.task)
+        drop = drop_interval(outputs["baseline"], outputs["candidate"], dataset, config.gate.confidence or 0.95)
+        warnings = sample_size_warnings(drop, config.gate.max_metric_drop)
         metrics = {
             "metric": name,
             "baseline_metric": base,
             "candidate_metric": cand,
             "metric_drop": base - cand,
+            "metric_drop_ci": [drop["low"], drop["high"]],
             "relative_metric_drop": (base - cand) / abs(base) if base else 0.0,
+            "relative_metric_drop_ci": ([drop["low"] / abs(base), drop["high"] / abs(base)] if base
+                                        else [0.0, 0.0]),
             **{f"baseline_{k}": v for k, v in scores["baseline"].items() if k != name},
             **{f"candidate_{k}": v for k, v in scores["candidate"].items() if k != name},
             **fid,
             "fidelity": fid.get("mean_cosine", fid.get("top1_agreement")),
-            "baseline_throughput": len(timed) / throughput["baseline"].median,
-            "candidate_throughput": len(timed) / throughput["candidate"].median,
-            "speedup": throughput["baseline"].median / throughput["candidate"].median,
-            "speedup_rounds": [b / c for b, c in zip(throughput["baseline"].seconds, throughput["candidate"].seconds)],
+            **speed,
             "baseline_p50_ms": latency["baseline"]["p50_ms"],
             "baseline_p95_ms": latency["baseline"]["p95_ms"],
             "candidate_p50_ms": latency["candidate"]["p50_ms"],
@@ -91,10 +101,13 @@ class Validate(Step):
             "candidate_peak_mb": memory.get("candidate"),
             "batch_size": config.batch_size,
             "examples": len(dataset),
-            "threads": ctx.threads,
+            "threads": threads,
         }
         rows = check(config.gate, metrics)
-        passed = all(r["passed"] for r in rows)
+        decided = verdict(rows)
+        passed = decided == "pass"
+        for warning in warnings:
+            progress.note(f"validate: {warning}", "yellow")
 
         # The validated artifact travels with its verdict: candidate files + gate_report.json.
         for path in ctx.model_dir.rglob("*"):
@@ -105,7 +118,9 @@ class Validate(Step):
 
         report = {
             "passed": passed,
+            "verdict": decided,
             "reasons": reasons(rows),
+            "warnings": warnings,
             "checks": rows,
             "policy": config.gate.model_dump(),
             "metrics": metrics,
@@ -114,8 +129,8 @@ class Validate(Step):
             "candidate_files": hash_tree(ctx.out_dir),
         }
         write_json_atomic(ctx.out_dir / "gate_report.json", sign(report))
-        return StepResult(model_info=candidate_info, metrics=metrics, details={"checks": rows},
-                          gate_passed=passed, gate_reasons=report["reasons"])
+        return StepResult(model_info=candidate_info, metrics=metrics, details={"checks": rows, "warnings": warnings},
+                          gate_passed=passed, gate_reasons=report["reasons"], gate_verdict=decided)
 
 
 STEP = Validate
