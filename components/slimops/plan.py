@@ -46,7 +46,7 @@ class StepCall:
     id: str
     step: str
     input: str  # id of the step whose output is this step's model ("source" = the recipe's model)
-    baseline: str | None  # validate: id of the model it compares against
+    baseline: str | None  # validate: id of the model it compares against (with config.champion: the fallback)
     config: dict  # the step's config; data paths relative to the recipe directory
     after_gate: bool  # part of the promotion branch: runs only when the gate passed
     placement: dict | None = None  # accelerator / node selector / tolerations on an orchestrator (the step's or the recipe's)
@@ -62,10 +62,16 @@ class StepCall:
         return self.role == "gate"
 
     @property
+    def against_champion(self) -> bool:
+        """A gate comparing against the registry's current champion (``baseline: champion``)."""
+        return bool(self.config.get("champion"))
+
+    @property
     def cacheable(self) -> bool:
         """Orchestrator caching (KFP, SageMaker, Azure ML ``is_deterministic``): never for a step with side effects
-        (a cached register or deploy would silently skip the registration or the rollout)."""
-        return not get_step(self.step).side_effects
+        (a cached register or deploy would silently skip the registration or the rollout), nor for a gate against
+        the champion (the champion can change between runs with the same inputs: a promotion, a rollback)."""
+        return not get_step(self.step).side_effects and not self.against_champion
 
     @property
     def retry(self) -> Retry | None:

@@ -78,8 +78,9 @@ class StepSpec(BaseModel):
     step: str
     id: str | None = Field(None, pattern=r"^[a-z][a-z0-9_-]*$")
     input: str | None = Field(None, description="id of the step whose output this step takes (default: the previous)")
-    baseline: str | None = Field(None, description="validate: id of the model to compare against (default: source); "
-                                                "distill with student.from_input: the teacher")
+    baseline: str | None = Field(None, description="validate: id of the model to compare against (default: source), "
+                                                "or champion: the registry's current champion (source until there "
+                                                "is one); distill with student.from_input: the teacher")
     config: dict = Field(default_factory=dict)
     placement: Placement | None = Field(None, description="this step's placement; replaces the recipe's")
 
@@ -143,6 +144,7 @@ def load_recipe(path: Path | str) -> Recipe:
 
 def _resolve(recipe: Recipe, path: Path, lines: dict) -> None:
     """Assign step ids, check references, inline named data, make data paths absolute, check configs."""
+    from slimops.champion import CHAMPION_BASELINE
     from slimops.core import parse_config
     from slimops.steps import get_step
 
@@ -160,14 +162,20 @@ def _resolve(recipe: Recipe, path: Path, lines: dict) -> None:
         step.id = step.id or step.step
         if step.id in seen:
             raise BadInput(f"{_at(path, lines, ('steps', index))} {where}: id {step.id!r} is used twice; give each step a unique id")
+        if step.id == CHAMPION_BASELINE:
+            raise BadInput(f"{_at(path, lines, ('steps', index))} {where}: id {step.id!r} is reserved (baseline: "
+                           "champion is the registry's champion); give the step another id")
         for ref_name in ("input", "baseline"):
             ref = getattr(step, ref_name)
+            if ref_name == "baseline" and ref == CHAMPION_BASELINE:
+                continue
             if ref is not None and ref not in seen:
                 raise BadInput(f"{_at(path, lines, ('steps', index, ref_name))} {where}.{ref_name}: {ref!r} is not an "
                                f"earlier step (known: {', '.join(seen)})")
         step.input = step.input or seen[-1]
         if "baseline" in get_step(step.step).extra_inputs:
             step.baseline = step.baseline or "source"
+        _resolve_champion(recipe, index, path, lines)
         step.config = _inline_data(step.step, step.config, recipe.data, base, path, lines, ("steps", index, "config"))
         try:
             parse_config(step.step, step.config)
@@ -176,6 +184,33 @@ def _resolve(recipe: Recipe, path: Path, lines: dict) -> None:
             key_path = tuple(int(p) if p.isdigit() else p for p in re.findall(r"[\w-]+", message.split(":")[0]))
             raise BadInput(f"{_at(path, lines, ('steps', index, 'config', *key_path))} {where}.config{message}") from None
         seen.append(step.id)
+
+
+def _resolve_champion(recipe: Recipe, index: int, path: Path, lines: dict) -> None:
+    """``baseline: champion`` (or ``config.champion``) on a gate: the registry's champion, named in the step's config
+    (so every runner's step command carries it), with the source (or the given baseline) as the fallback."""
+    from slimops.champion import CHAMPION_BASELINE, recipe_champion
+    from slimops.steps import get_step
+
+    step, where = recipe.steps[index], f"steps[{index}]"
+    explicit = step.config.get("champion")
+    if step.baseline != CHAMPION_BASELINE and explicit is None:
+        return
+    if get_step(step.step).role != "gate":
+        field = "baseline" if step.baseline == CHAMPION_BASELINE else "config.champion"
+        raise BadInput(f"{_at(path, lines, ('steps', index, *field.split('.')))} {where}.{field}: the registry's "
+                       f"champion is a baseline only a validate step compares against; {step.step} takes the id of "
+                       "an earlier step")
+    if step.baseline == CHAMPION_BASELINE:
+        step.baseline = "source"  # the fallback while the registry holds no champion
+    if explicit is not None and not isinstance(explicit, dict):
+        return  # the config check says what is wrong with it
+    spec = recipe_champion(recipe.steps, index, explicit)
+    if spec is None:
+        key = ("steps", index, "config", "champion") if explicit is not None else ("steps", index, "baseline")
+        raise BadInput(f"{_at(path, lines, key)} {where}: baseline: champion needs the registered model's name; "
+                       "add a register step (with name) after it, or set config.champion.name")
+    step.config = {**step.config, "champion": spec}
 
 
 def _inline_data(step: str, config: dict, datasets: dict, base: Path, path: Path, lines: dict, loc: tuple) -> dict:

@@ -101,9 +101,7 @@ class Registry:
     def open(cls, directory: Path | str, tracking_uri: str | None = None, create: bool = True) -> "Registry":
         """The registry in ``directory``: its recorded URI, or ``tracking_uri``, or a SQLite store inside it."""
         directory = Path(directory).absolute()
-        for name in (REGISTRY_FILE, AUDIT_LOG, "serving", "artifacts", "mlflow.db"):
-            if (directory / name).is_symlink():  # a link would make promote write or append outside the registry
-                raise BadInput(f"{directory / name} is a symbolic link; a registry directory holds its own files")
+        _refuse_links(directory)
         recorded = directory / REGISTRY_FILE
         if recorded.is_file():
             known = _recorded_uri(recorded)
@@ -119,6 +117,22 @@ class Registry:
             directory.mkdir(parents=True, exist_ok=True)
             write_json_atomic(recorded, {"tracking_uri": tracking_uri})
         return cls(directory, tracking_uri)
+
+    @classmethod
+    def lookup(cls, directory: Path | str, tracking_uri: str | None = None) -> "Registry | None":
+        """The registry in ``directory`` for reading, or None when there is none yet: no ``registry.json`` there
+        and no ``tracking_uri`` given. Creates and writes nothing (a validate step comparing against the champion
+        only reads)."""
+        directory = Path(directory).absolute()
+        _refuse_links(directory)
+        recorded = directory / REGISTRY_FILE
+        if recorded.is_file():
+            known = _recorded_uri(recorded)
+            if tracking_uri and tracking_uri != known:
+                raise BadInput(f"registry {directory} records tracking URI {known}, not {tracking_uri}; "
+                               "use another registry directory for another store")
+            return cls(directory, known)
+        return cls(directory, tracking_uri) if tracking_uri else None
 
     @property
     def local(self) -> bool:
@@ -187,6 +201,9 @@ class Registry:
         aliases = client.get_registered_model(name).aliases or {}
         version = aliases.get(alias)
         return None if version is None else str(version)
+
+    def has_model(self, name: str) -> bool:
+        return _exists(self.client(), name)
 
     def model_names(self) -> list[str]:
         return [m.name for m in self.client().search_registered_models()]
@@ -308,6 +325,12 @@ class Registry:
 
     def audit_entries(self) -> list[dict]:
         return read_audit(self.directory / AUDIT_LOG)
+
+
+def _refuse_links(directory: Path) -> None:
+    for name in (REGISTRY_FILE, AUDIT_LOG, "serving", "artifacts", "mlflow.db"):
+        if (directory / name).is_symlink():  # a link would make promote write or append outside the registry
+            raise BadInput(f"{directory / name} is a symbolic link; a registry directory holds its own files")
 
 
 def _recorded_uri(path: Path) -> str | None:

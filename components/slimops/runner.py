@@ -176,6 +176,8 @@ def _run(recipe: Recipe, calls: list, run_dir: Path, use_cache: bool) -> RunResu
         key = cache_key(spec.step, config, {"model": outputs[spec.input], **inputs})
         manifest = read_manifest(out) if use_cache and out.is_dir() else None
         stale = _stale(out, manifest, key) if manifest else "no earlier output"
+        if manifest and not stale and spec.against_champion:
+            stale = "it compares against the registry's champion, which may have changed (never cached)"
         if not stale:
             with out_lock(out):  # a killed earlier run may have left temporary folders beside it
                 clean_stale_temps(out)
@@ -197,6 +199,8 @@ def _run(recipe: Recipe, calls: list, run_dir: Path, use_cache: bool) -> RunResu
         verdict = manifest.get("gate")
         if verdict is not None:
             gate = {"step": spec.id, **verdict, "report": str(out / GATE_REPORT)}
+            if (manifest.get("details") or {}).get("baseline"):  # what it compared against (the champion?)
+                gate["baseline"] = manifest["details"]["baseline"]
             if not verdict["passed"]:
                 exit_code = GateInconclusive.exit_code if verdict.get("verdict") == "inconclusive" else GateFailed.exit_code
                 break  # a failed gate stops the chain; later steps never see a rejected model

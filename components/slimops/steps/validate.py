@@ -7,6 +7,7 @@ import os
 from pydantic import Field
 
 from slimops import memprobe, progress
+from slimops.champion import ChampionRef, resolve_baseline
 from slimops.data import DataSpec, load_dataset
 from slimops.evaluate import (alternate_latency, batches, check_inputs, drop_interval, fidelity, metric_name,
                               predict_all, sample_size_warnings, task_metrics)
@@ -28,6 +29,8 @@ class ValidateConfig(StepConfig):
     latency_runs: int = Field(100, ge=5, description="batch-1 requests per model for p50/p95")
     measure_memory: bool = Field(True, description="peak RSS of each model, measured in a fresh process")
     gate: GatePolicy = Field(default_factory=GatePolicy, description="the pass/fail policy")
+    champion: ChampionRef | None = Field(None, description="compare against the registry's current champion of "
+                                         "this model (recipe: baseline: champion); with none yet, the baseline input")
 
 
 def model_size_bytes(model_dir) -> int:
@@ -43,7 +46,8 @@ class Validate(Step):
 
     def run(self, ctx, config: ValidateConfig) -> StepResult:
         dataset = load_dataset(config.data)
-        baseline_dir = ctx.inputs["baseline"]
+        baseline = resolve_baseline(ctx, config.champion)  # the champion's verified files, or --baseline
+        baseline_dir = baseline.path
         baseline_info, candidate_info = describe(baseline_dir), ctx.model_info
         name = metric_name(candidate_info.task, dataset)
         metric_name(baseline_info.task, dataset)
@@ -125,11 +129,12 @@ class Validate(Step):
             "policy": config.gate.model_dump(),
             "metrics": metrics,
             "data": config.data.fingerprint(),
-            "baseline": str(baseline_dir),
+            "baseline": baseline.record,
             "candidate_files": hash_tree(ctx.out_dir),
         }
         write_json_atomic(ctx.out_dir / "gate_report.json", sign(report))
-        return StepResult(model_info=candidate_info, metrics=metrics, details={"checks": rows, "warnings": warnings},
+        return StepResult(model_info=candidate_info, metrics=metrics,
+                          details={"checks": rows, "warnings": warnings, "baseline": baseline.record},
                           gate_passed=passed, gate_reasons=report["reasons"], gate_verdict=decided)
 
 
