@@ -17,13 +17,13 @@ Triggered two ways:
 The recipe ($SLIMOPS_NEW_MODEL_RECIPE, else $SLIMOPS_RECIPE, else
 examples/digits-pipeline.yaml) is a train-then-compress recipe; here
 the incoming model stands for the output of its `train` step, so the train step does not run and the gate
-compares the compressed model against the incoming one. Runs write where slimops_compress_schedule's do.
+compares the compressed model against the incoming one. Runs write where slimops_compress_schedule's do, and the
+gate runs in the pool `slimops_benchmark` as there (`airflow pools set slimops_benchmark 1 "..."`).
 """
 
 from __future__ import annotations
 
 import os
-from datetime import timedelta
 from pathlib import Path
 
 from airflow.sdk import DAG, Asset, Param
@@ -45,5 +45,6 @@ with DAG(
     doc_md=__doc__,
 ) as dag:
     incoming = SlimopsIncomingModelOperator(task_id="incoming_model")
-    compress = slimops_task_group(RECIPE, model=incoming, start_after="train", group_id="compress",
-                                  retries=1, retry_delay=timedelta(minutes=5))
+    # Each step retries as the plan says: transforms after a lost worker, the gate on an inconclusive verdict with
+    # backoff (in the one-slot pool slimops_benchmark), register / promote never.
+    compress = slimops_task_group(RECIPE, model=incoming, start_after="train", group_id="compress")

@@ -121,6 +121,15 @@ def link_tree(src: Path, dst: Path) -> Path:
     return dst
 
 
+def require_timing_spread() -> None:
+    """Skip unless the gate can give a real inconclusive verdict: GatePolicy.max_timing_spread (the relative spread
+    of the per-round speedups above which timing is inconclusive; 0 makes every run inconclusive)."""
+    from slimops.gate import GatePolicy
+
+    if "max_timing_spread" not in GatePolicy.model_fields:
+        pytest.skip(reason="GatePolicy.max_timing_spread (a real inconclusive verdict) is not on this branch yet")
+
+
 def write_digits_recipe(path: Path, *, quantize: dict | None = None, gate: dict | None = None,
                         validate: dict | None = None, kwargs: dict | None = None, epochs: int = 2,
                         extra_steps: list[dict] | None = None, data: dict | None = None) -> Path:

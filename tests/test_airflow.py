@@ -1,6 +1,7 @@
 """The Airflow 3 provider: the DAGs in dags/ import cleanly, run end to end with `dag.test()` on SQLite (a
-passing gate reaches promote, a failing gate stops before register), the provider registers with Airflow, and
-recipe errors fail at DAG build time.
+passing gate reaches promote, a failing gate stops before register, an inconclusive gate is retried with backoff
+and never promotes), each task retries as the plan says (the gate in the one-slot pool slimops_benchmark), the
+provider registers with Airflow, and recipe errors fail at DAG build time.
 
 Everything that touches Airflow's configuration or database runs in a subprocess with its own AIRFLOW_HOME
 (Airflow reads it once, at import), migrated with the real `airflow db migrate`.
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, require_timing_spread
 
 try:  # a version check, not an import: importing airflow here would set it up under ~/airflow
     AIRFLOW_VERSION = version("apache-airflow-core")
@@ -84,10 +85,13 @@ DAG_RUNS = """
     def run(dag_id, conf):
         dag_run = bag.get_dag(dag_id).test(run_conf=conf)
         with create_session() as session:
-            states = {ti.task_id: getattr(ti.state, "value", ti.state) for ti in dag_run.get_task_instances(session=session)}
+            instances = dag_run.get_task_instances(session=session)
+            states = {ti.task_id: getattr(ti.state, "value", ti.state) for ti in instances}
+            tries = {ti.task_id: ti.try_number for ti in instances}
             xcoms = {f"{x.task_id}:{x.key}": x.value
                      for x in session.query(XComModel).filter_by(dag_id=dag_id, run_id=dag_run.run_id)}
-        return {"state": getattr(dag_run.state, "value", dag_run.state), "tasks": states, "xcom": xcoms}
+        return {"state": getattr(dag_run.state, "value", dag_run.state), "tasks": states, "tries": tries,
+                "xcom": xcoms}
 
     bag = DagBag(dag_folder=%r)
     provider = ProvidersManager().providers["slimops"]
@@ -166,8 +170,11 @@ def test_new_model_dag_stops_at_a_failing_gate_and_never_promotes(dag_runs, airf
     tasks = result["tasks"]
     assert result["state"] == "failed", tasks
     assert tasks["incoming_model"] == tasks["compress.export"] == tasks["compress.quantize"] == "success"
-    # The task allows a retry (for a lost worker), yet a failed gate is final: failed, not up_for_retry.
-    assert dag_runs["retries"]["compress.validate"] == 1 and tasks["compress.validate"] == "failed"
+    # The gate task retries an inconclusive verdict, yet a failed verdict is final (AirflowFailException): failed
+    # on its first try, not up_for_retry.
+    assert dag_runs["retries"]["compress.validate"] == 3 and tasks["compress.validate"] == "failed"
+    assert result["tries"]["compress.validate"] == 1
+    assert result["xcom"]["compress.validate:status"] == "gate_failed"
     assert tasks["compress.register"] == tasks["compress.promote"] == "upstream_failed"
     assert result["xcom"]["incoming_model:out"] == str(digits_trained)
     assert result["xcom"]["compress.validate:gate_passed"] is False
@@ -310,3 +317,134 @@ def test_new_model_comes_from_conf_or_the_newest_asset_event(build_checks):
     assert build_checks["conf_wins"] == [paths["old"], "dag_run.conf"]
     assert "no model for this run" in build_checks["no_model"]
     assert "is not a directory" in build_checks["not_a_dir"]
+
+
+# ----------------------------------------------------------------------------- retries and the benchmark pool
+
+POLICY_CHECKS = """
+    import json
+    from airflow.sdk import DAG
+    from airflow.serialization.serialized_objects import DagSerialization
+    from slimops.adapters.airflow import BENCHMARK_POOL, build_dag, step_operator
+
+    def policy(task):
+        return {"retries": task.retries, "retry_delay": task.retry_delay.total_seconds(),
+                "backoff": task.retry_exponential_backoff,
+                "max_retry_delay": task.max_retry_delay and task.max_retry_delay.total_seconds(),
+                "pool": task.pool, "pool_slots": task.pool_slots}
+
+    def policies(dag):
+        # As the scheduler sees them: the DAG serialized and read back (what dag.test and the scheduler run).
+        scheduled = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+        return {t.task_id: policy(t) for t in scheduled.tasks}
+
+    with DAG("standalone", default_args={"retries": 5}) as standalone:
+        gate = step_operator("validate")(task_id="gate", model="/m", baseline="/b",
+                                         config={"data": {"format": "digits", "split": "test"}})
+        register = step_operator("register")(task_id="register", model=gate.output["out"], config={"name": "m"})
+        mine = step_operator("validate")(task_id="mine", model="/m", baseline="/b", retries=1, pool="gpu",
+                                         config={"data": {"format": "digits", "split": "test"}})
+    print(json.dumps({
+        "pool": BENCHMARK_POOL,
+        "example": policies(build_dag(%(example)r)),
+        "custom": policies(build_dag(%(custom)r, dag_id="custom")),
+        "no_retry": policies(build_dag(%(no_retry)r, dag_id="no_retry")),
+        "task_kwargs": policies(build_dag(%(example)r, dag_id="kwargs", task_kwargs={"retries": 7, "pool": "ml"})),
+        "standalone": policies(standalone),
+    }))
+"""
+
+
+def with_retry(path: Path, retry: dict) -> Path:
+    recipe = yaml.safe_load(EXAMPLE.read_text())
+    recipe["retry_inconclusive"] = retry
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def policies(airflow_env, tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("retry-recipes")
+    paths = {"example": str(EXAMPLE),
+             "custom": str(with_retry(tmp / "custom.yaml", {"retries": 5, "backoff_s": 10, "factor": 3})),
+             "no_retry": str(with_retry(tmp / "none.yaml", {"retries": 0}))}
+    return in_airflow(airflow_env, POLICY_CHECKS % paths)
+
+
+def test_each_task_retries_as_the_plan_says_and_the_gate_runs_in_the_benchmark_pool(policies):
+    assert policies["pool"] == "slimops_benchmark"
+    example = policies["example"]
+    # The gate: the recipe's retry_inconclusive (default 3 retries, 60 s, doubling), in the one-slot pool. Airflow
+    # takes the factor as its backoff multiplier; max_retry_delay holds its jitter to the plan's longest wait.
+    assert example["validate"] == {"retries": 3, "retry_delay": 60.0, "backoff": 2.0, "max_retry_delay": 240.0,
+                                   "pool": "slimops_benchmark", "pool_slots": 1}
+    # Transforms (and the source task): twice after 30 s, for a lost worker, in the default pool.
+    for task in ("source", "train", "export", "quantize"):
+        assert example[task] == {"retries": 2, "retry_delay": 30.0, "backoff": 2.0, "max_retry_delay": 60.0,
+                                 "pool": "default_pool", "pool_slots": 1}, task
+    # Side effects: never retried blindly (a second attempt could register twice).
+    for task in ("register", "promote"):
+        assert example[task]["retries"] == 0 and example[task]["pool"] == "default_pool", task
+
+
+def test_the_recipe_retry_inconclusive_reaches_the_gate_task(policies):
+    assert policies["custom"]["validate"] == {"retries": 5, "retry_delay": 10.0, "backoff": 3.0,
+                                              "max_retry_delay": 810.0, "pool": "slimops_benchmark", "pool_slots": 1}
+    assert policies["custom"]["export"]["retries"] == 2  # transforms keep theirs
+    # retries: 0 - an inconclusive gate fails the run at once; it still benchmarks alone.
+    assert policies["no_retry"]["validate"]["retries"] == 0
+    assert policies["no_retry"]["validate"]["pool"] == "slimops_benchmark"
+
+
+def test_arguments_you_pass_win_over_the_plan_and_default_args_do_not(policies):
+    kwargs = policies["task_kwargs"]
+    assert {t["retries"] for t in kwargs.values()} == {7} and {t["pool"] for t in kwargs.values()} == {"ml"}
+    assert kwargs["validate"]["retry_delay"] == 60.0  # what was not given still comes from the plan
+    standalone = policies["standalone"]
+    # A standalone operator gets its step's policy too; DAG default_args (retries=5) do not retry register blindly.
+    assert standalone["gate"]["retries"] == 3 and standalone["gate"]["pool"] == "slimops_benchmark"
+    assert standalone["register"]["retries"] == 0
+    assert (standalone["mine"]["retries"], standalone["mine"]["pool"]) == (1, "gpu")
+
+
+INCONCLUSIVE_RUN = """
+    import json
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    dag_run = DagBag(dag_folder=%(dags)r).get_dag("slimops_compress_on_new_model").test(run_conf={"model": %(model)r})
+    with create_session() as session:
+        instances = dag_run.get_task_instances(session=session)
+        xcoms = {f"{x.task_id}:{x.key}": x.value
+                 for x in session.query(XComModel).filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id)}
+        print(json.dumps({"state": getattr(dag_run.state, "value", dag_run.state),
+                          "tasks": {ti.task_id: getattr(ti.state, "value", ti.state) for ti in instances},
+                          "tries": {ti.task_id: ti.try_number for ti in instances}, "xcom": xcoms}, default=str))
+"""
+
+
+def test_an_inconclusive_gate_is_retried_with_backoff_then_fails_and_never_promotes(airflow_env, tmp_path,
+                                                                                     digits_trained):
+    """A real inconclusive verdict (max_timing_spread 0: no timing is steady enough): the gate task raises a
+    retryable AirflowException, Airflow runs it again after the recipe's backoff, and when it stays inconclusive
+    the task fails; register and promote never run."""
+    require_timing_spread()
+    recipe = small_recipe(tmp_path / "inconclusive.yaml", {"max_metric_drop": 10.0, "min_speedup": None,
+                                                           "max_timing_spread": 0.0})
+    text = yaml.safe_load(recipe.read_text())
+    text["retry_inconclusive"] = {"retries": 1, "backoff_s": 0}  # Airflow waits its minimum, 1-2 s
+    recipe.write_text(yaml.safe_dump(text, sort_keys=False))
+    runs = tmp_path / "runs"
+    result = in_airflow(airflow_env, INCONCLUSIVE_RUN % {"dags": str(DAGS), "model": str(digits_trained)},
+                        timeout=900, SLIMOPS_NEW_MODEL_RECIPE=str(recipe), SLIMOPS_RUNS_DIR=str(runs))
+    tasks = result["tasks"]
+    assert result["state"] == "failed", tasks
+    assert tasks["compress.validate"] == "failed" and result["tries"]["compress.validate"] == 2, result
+    assert tasks["compress.register"] == tasks["compress.promote"] == "upstream_failed"
+    assert result["xcom"]["compress.validate:status"] == "inconclusive"
+    assert result["xcom"]["compress.validate:gate_passed"] is None  # no verdict, not a rejection
+    run = only_run_dir(runs, "slimops_compress_on_new_model")
+    report = json.loads((run / "steps" / "compress.validate" / "gate_report.json").read_text())
+    assert report["passed"] is False and report["verdict"] == "inconclusive"
+    assert not (run / "steps" / "compress.register").exists()

@@ -21,6 +21,7 @@ digits_pipeline = example_pipeline("azureml")  # pipelines/azureml/digits_pipeli
 from slimops.adapters.azureml import add_steps, all_components, build_pipeline, load_components  # noqa: E402
 from slimops.errors import BadInput  # noqa: E402
 from slimops.plan import plan_recipe  # noqa: E402
+from slimops.retry import inconclusive_flags  # noqa: E402
 from slimops.steps import step_names  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "digits-pipeline.yaml"
@@ -87,7 +88,9 @@ def test_components_load_and_validate_offline():
                                             "description": "alternating timing rounds; the median is reported"}
     assert "optional" not in validate["inputs"]["data"]  # required by the step's config
     assert validate["outputs"]["model"]["mode"] == "upload"
-    assert validate["command"].endswith("--on-gate-fail continue --gate-output ${{outputs.passed}}")
+    assert "--on-gate-fail continue --gate-output ${{outputs.passed}}" in validate["command"]
+    assert validate["inputs"]["retry_inconclusive"] == {"type": "integer", "optional": True,
+                                                        "description": "reruns of an inconclusive gate (default 0)"}
     # azure-ai-ml 1.35 drops is_control on load (its schema has no such field); a primitive output is what the
     # if_else node checks, and that survives.
     loaded = load_component(source=digits_pipeline.COMPONENTS / "slimops_validate.yaml")
@@ -162,10 +165,42 @@ def test_node_commands_are_the_step_calls_every_runner_issues(example_rest):
         ran = render(specs[call.step]["command"], given, {"model": paths["OUT"], "passed": paths["GATE"]})
         expected = call.argv(paths["IN"], paths["OUT"], paths["BASE"] if call.baseline else None,
                              threads=plan.threads, gate_output=paths["GATE"] if call.gated else None)
+        expected += inconclusive_flags(call)  # the gate retries an inconclusive verdict in its own process
         ran_rest, ran_sets = settings(ran)
         expected_rest, expected_sets = settings(expected)
-        assert ran_rest == expected_rest, call.id
+        assert received(ran_rest) == received(expected_rest), call.id
         assert ran_sets == expected_sets == call.config, call.id
+
+
+def received(argv: list[str]) -> dict:
+    """What `slimops step` receives from a command line (numbers rendered as 60.0 or 60 read the same)."""
+    from slimops.cli import build_parser
+
+    return {k: v for k, v in vars(build_parser().parse_args(argv[1:])).items() if k != "func"}
+
+
+def test_the_gate_node_retries_an_inconclusive_verdict_in_its_own_process(example_rest, tmp_path):
+    """Azure ML command nodes have no retry settings (azure-ai-ml's RetrySettings is for parallel jobs only), so
+    the validate node passes the recipe's retry_inconclusive to `slimops step --retry-inconclusive ...`; a
+    verdict still branches (--on-gate-fail continue), and only an inconclusive gate that stays so fails the node."""
+    validate = example_rest["jobs"]["validate"]["inputs"]
+    assert {k: validate[k]["value"] for k in ("retry_inconclusive", "retry_backoff", "retry_factor")} == {
+        "retry_inconclusive": "3", "retry_backoff": "60.0", "retry_factor": "2.0"}
+    spec = all_components(IMAGE)["validate"]
+    ran = render(spec["command"], {"model": "/in", "baseline": "/base", "data": "{}", "retry_inconclusive": 3,
+                                   "retry_backoff": 60.0, "retry_factor": 2.0}, {"model": "/out", "passed": "/p"})
+    args = received(settings(ran)[0])
+    assert (args["retry_inconclusive"], args["retry_backoff"], args["retry_factor"]) == (3, 60.0, 2.0)
+    assert args["on_gate_fail"] == "continue"
+    for step in ("export", "quantize", "train"):  # only a gate can be inconclusive
+        assert "retry_inconclusive" not in example_rest["jobs"][step]["inputs"]
+    # retries: 0 - the node leaves the inputs out and the gate runs once.
+    recipe = write_recipe(tmp_path / "r.yaml", retry_inconclusive={"retries": 0})
+    jobs = build_pipeline(recipe, image=IMAGE, recipe_promotion=False)._to_rest_object().as_dict()[
+        "properties"]["jobs"]
+    assert "retry_inconclusive" not in jobs["validate"]["inputs"]
+    ran = render(spec["command"], {"model": "/in", "baseline": "/base", "data": "{}"}, {"model": "/out", "passed": "/p"})
+    assert "--retry-inconclusive" not in ran
 
 
 def test_recipe_promotion_steps_join_the_true_block_when_their_registry_is_shared(tmp_path):

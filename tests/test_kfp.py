@@ -6,6 +6,7 @@ Regenerate the golden specs after an intended change: SLIMOPS_UPDATE_GOLDEN=1 py
 """
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, example_pipeline
+from conftest import REPO, example_pipeline, require_timing_spread
 
 pytest.importorskip("kfp", reason="the kfp extra (pip install slimops[kfp]) is not installed")
 from kfp import compiler, dsl  # noqa: E402
@@ -162,6 +163,54 @@ def test_gate_branches_promotion_and_rejection(tmp_path):
     assert by_name["gate-failed"]["triggerPolicy"]["condition"] == f"!({condition})"
     # The gate branches on `passed` instead of failing the task.
     assert root["validate"]["inputs"]["parameters"]["on_gate_fail"]["runtimeValue"]["constant"] == "continue"
+
+
+def retry_policies(spec: dict) -> dict:
+    """Every task's retryPolicy by task name, inside condition branches too (None: not retried)."""
+    found = {}
+
+    def walk(dag: dict):
+        for task in dag["tasks"].values():
+            component = spec["components"][task["componentRef"]["name"]]
+            if "dag" in component:
+                walk(component["dag"])
+            else:
+                found[task["taskInfo"]["name"]] = task.get("retryPolicy")
+
+    walk(spec["root"]["dag"])
+    return found
+
+
+@pytest.mark.parametrize("kind", ["python", "container"])
+def test_the_gate_retries_an_inconclusive_verdict_with_the_recipe_backoff(kind, tmp_path):
+    """KFP retries a task on any failure. The gate branches on a verdict (--on-gate-fail continue: a failed gate
+    exits 0, never retried) and fails only when it cannot decide (exit 4), which its retryPolicy retries."""
+    spec, _ = compiled(build_pipeline(EXAMPLE, image=GOLDEN_IMAGE, kind=kind), tmp_path / "p.yaml")
+    policies = retry_policies(spec)
+    assert policies["validate"] == {"maxRetryCount": 3, "backoffDuration": "60s", "backoffFactor": 2.0,
+                                    "backoffMaxDuration": "3600s"}
+    for task in ("source", "train", "export", "quantize"):  # a lost pod: twice after 30 s
+        assert policies[task] == {"maxRetryCount": 2, "backoffDuration": "30s", "backoffFactor": 2.0,
+                                  "backoffMaxDuration": "3600s"}, task
+    assert policies["register"] is None and policies["promote"] is None  # side effects: never blindly
+    assert policies["gate-rejected"] is None
+    if kind == "container":
+        command = spec["deploymentSpec"]["executors"]["exec-validate"]["container"]["command"]
+        assert command[command.index("--on-gate-fail") + 1] == "continue"
+    else:
+        on_gate_fail = spec["root"]["dag"]["tasks"]["validate"]["inputs"]["parameters"]["on_gate_fail"]
+        assert on_gate_fail["runtimeValue"]["constant"] == "continue"
+
+    recipe = yaml.safe_load(EXAMPLE.read_text())
+    recipe["retry_inconclusive"] = {"retries": 5, "backoff_s": 10, "factor": 3}
+    spec, _ = compiled(build_pipeline(write(tmp_path / "r.yaml", recipe), image=GOLDEN_IMAGE, kind=kind),
+                       tmp_path / "custom.yaml")
+    assert retry_policies(spec)["validate"] == {"maxRetryCount": 5, "backoffDuration": "10s", "backoffFactor": 3.0,
+                                                "backoffMaxDuration": "3600s"}
+    recipe["retry_inconclusive"] = {"retries": 0}  # an inconclusive gate fails the run at once
+    spec, _ = compiled(build_pipeline(write(tmp_path / "n.yaml", recipe), image=GOLDEN_IMAGE, kind=kind),
+                       tmp_path / "none.yaml")
+    assert retry_policies(spec)["validate"] is None
 
 
 def test_placement_from_the_recipe(tmp_path):
@@ -334,3 +383,36 @@ def test_local_run_with_a_failing_gate_does_not_promote(local_runner, tmp_path, 
                           env={**os.environ, "PYTHONPATH": str(no_kfp.parent)}, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "why.md").read_text() == explanation
+
+
+@pytest.mark.slow
+def test_local_run_with_an_inconclusive_gate_retries_it_and_takes_neither_branch(local_runner, tmp_path,
+                                                                                    digits_trained, caplog):
+    """A real inconclusive verdict (max_timing_spread 0: no timing is steady enough) fails the validate task, and
+    kfp.local retries it as the compiled retryPolicy says; it writes no `passed`, so when it stays inconclusive
+    neither the promotion branch nor the rejection branch runs."""
+    require_timing_spread()
+    caplog.set_level(logging.INFO)
+    recipe = {"name": "digits-inconclusive", "model": {"path": str(digits_trained)}, "threads": 2,
+              "retry_inconclusive": {"retries": 1, "backoff_s": 0}, "data": {"test": TEST_DATA}, "steps": [
+                  {"step": "export"},
+                  {"step": "validate", "baseline": "source", "config": fast_validate(
+                      {"data": "test", "gate": {"max_metric_drop": 100.0, "min_speedup": None,
+                                                "max_timing_spread": 0.0}})},
+                  {"step": "register", "config": {"name": "digits-inconclusive",
+                                                  "registry_dir": str(tmp_path / "registry")}},
+                  {"step": "promote"}]}
+    path = write(tmp_path / "inconclusive.yaml", recipe)
+
+    with pytest.raises(RuntimeError, match="validate"):
+        build_pipeline(path, image=GOLDEN_IMAGE, model_uri=str(digits_trained))()
+
+    assert "Task validate failed (attempt 1/2). Retrying" in caplog.text  # kfp.local's own retry loop
+
+    validate = task_dir(local_runner, "validate")
+    assert not (validate / "passed").exists()
+    report = json.loads((validate / "output_model" / "gate_report.json").read_text())
+    assert report["passed"] is False and report["verdict"] == "inconclusive"
+    assert task_dir(local_runner, "gate-rejected") is None  # not a rejection: no verdict
+    assert task_dir(local_runner, "register") is None and task_dir(local_runner, "promote") is None
+    assert not (tmp_path / "registry").exists()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, cli_env, example_pipeline
+from conftest import REPO, cli_env, example_pipeline, require_timing_spread
 
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")  # `import sagemaker.mlops` needs a region
 pytest.importorskip("sagemaker.mlops", reason="sagemaker>=3 (extra slimops[sagemaker]) is not installed")
@@ -23,6 +23,7 @@ digits_pipeline = example_pipeline("sagemaker")  # pipelines/sagemaker/digits_pi
 from slimops.adapters.sagemaker import PROCESSING_ROOT_ENV, build_pipeline, build_steps, pipeline_session  # noqa: E402
 from slimops.errors import BadInput  # noqa: E402
 from slimops.plan import plan_recipe  # noqa: E402
+from slimops.retry import inconclusive_flags  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "digits-pipeline.yaml"
 SETTINGS = dict(role=digits_pipeline.ROLE, bucket=digits_pipeline.BUCKET, region=digits_pipeline.REGION,
@@ -104,13 +105,14 @@ def test_processing_steps_run_the_plan_commands_and_branch_on_the_gate_report(ex
                              baseline=f"{root}/input/baseline" if call.baseline else None,
                              threads=plan.threads,
                              gate_output=f"{root}/output/model/gate_passed" if call.gated else None)
+        expected += inconclusive_flags(call)  # the gate retries an inconclusive verdict in its own job
         assert app == {"ImageUri": digits_pipeline.IMAGE, "ContainerEntrypoint": expected}
         assert "ContainerArguments" not in app and "code" not in json.dumps(steps[f"slimops-{call.id}"]).lower()
     validate = steps["slimops-validate"]
     assert validate["PropertyFiles"] == [{"PropertyFileName": "GateReport", "OutputName": "model",
                                           "FilePath": "model/gate_report.json"}]
     entry = validate["Arguments"]["AppSpecification"]["ContainerEntrypoint"]
-    assert entry[-4:-2] == ["--on-gate-fail", "continue"]  # the job succeeds, the pipeline branches
+    assert entry[entry.index("--on-gate-fail") + 1] == "continue"  # the job succeeds, the pipeline branches
     inputs = {i["InputName"]: i["S3Input"] for i in validate["Arguments"]["ProcessingInputs"]}
     assert inputs["baseline"]["S3Uri"]["Std:Join"]["Values"][0] == {
         "Get": "Steps.slimops-train.ProcessingOutputConfig.Outputs['model'].S3Output.S3Uri"}
@@ -140,6 +142,59 @@ def test_recipe_promotion_steps_run_in_the_passing_branch_when_their_registry_is
     assert promote["AppSpecification"]["ContainerEntrypoint"][:3] == ["slimops", "step", "promote"]
     assert promote["ProcessingInputs"][0]["S3Input"]["S3Uri"]["Std:Join"]["Values"][0]["Get"].startswith(
         "Steps.slimops-register.")
+
+
+def test_processing_steps_carry_the_plan_retries_and_the_gate_retries_inconclusive_in_its_container(
+        example_text, tmp_path):
+    """SageMaker's retry policies match exception types (a faulty or throttled service, a job failing inside
+    SageMaker, no capacity), never a container's exit code: they cover infrastructure, and the gate retries an
+    inconclusive verdict (exit 4) itself, as the recipe's retry_inconclusive says."""
+    from slimops.cli import build_parser
+
+    steps = steps_by_name(json.loads(example_text)["Steps"])
+
+    def policies(retries: int, seconds: int) -> list[dict]:
+        timing = {"BackoffRate": 2.0, "IntervalSeconds": seconds, "MaxAttempts": retries}
+        return [{**timing, "ExceptionType": ["Step.SERVICE_FAULT", "Step.THROTTLING"]},
+                {**timing, "ExceptionType": ["SageMaker.JOB_INTERNAL_ERROR", "SageMaker.CAPACITY_ERROR",
+                                             "SageMaker.RESOURCE_LIMIT"]}]
+
+    for name in ("slimops-source", "slimops-train", "slimops-export", "slimops-quantize"):
+        assert steps[name]["RetryPolicies"] == policies(2, 30), name
+    assert steps["slimops-validate"]["RetryPolicies"] == policies(3, 60)
+    # Registering a model package, the condition and the fail step: never retried.
+    for name in ("slimops-register-model", "slimops-gate", "slimops-gate-failed"):
+        assert "RetryPolicies" not in steps[name], name
+    entry = steps["slimops-validate"]["Arguments"]["AppSpecification"]["ContainerEntrypoint"]
+    args = build_parser().parse_args(entry[1:])  # what `slimops step` receives in the container
+    assert (args.retry_inconclusive, args.retry_backoff, args.retry_factor) == (3, 60.0, 2.0)
+    assert args.on_gate_fail == "continue"
+    for name in ("slimops-train", "slimops-export", "slimops-quantize"):
+        assert "--retry-inconclusive" not in steps[name]["Arguments"]["AppSpecification"]["ContainerEntrypoint"]
+
+    # The recipe's own retry_inconclusive; and the promotion steps as jobs (side effects: no RetryPolicies).
+    uri = "arn:aws:sagemaker:us-east-1:111122223333:mlflow-tracking-server/slimops"
+    recipe = yaml.safe_load(EXAMPLE.read_text())
+    recipe["retry_inconclusive"] = {"retries": 5, "backoff_s": 10, "factor": 3}
+    recipe["steps"] = [*recipe["steps"][:4], {"step": "register", "config": {"name": "d", "tracking_uri": uri}},
+                       {"step": "promote", "config": {"tracking_uri": uri}}]
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    steps = steps_by_name(definition(build_pipeline(path, **SETTINGS))["Steps"])
+    validate = steps["slimops-validate"]
+    assert {p["MaxAttempts"] for p in validate["RetryPolicies"]} == {5}
+    assert {(p["IntervalSeconds"], p["BackoffRate"]) for p in validate["RetryPolicies"]} == {(10, 3.0)}
+    entry = validate["Arguments"]["AppSpecification"]["ContainerEntrypoint"]
+    assert entry[entry.index("--retry-inconclusive"):] == ["--retry-inconclusive", "5", "--retry-backoff", "10",
+                                                         "--retry-factor", "3"]
+    for name in ("slimops-register", "slimops-promote", "slimops-register-model"):
+        assert "RetryPolicies" not in steps[name], name
+    # retries: 0 - an inconclusive gate fails the execution at once.
+    recipe["retry_inconclusive"] = {"retries": 0}
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    validate = steps_by_name(definition(build_pipeline(path, **SETTINGS))["Steps"])["slimops-validate"]
+    assert "RetryPolicies" not in validate
+    assert "--retry-inconclusive" not in validate["Arguments"]["AppSpecification"]["ContainerEntrypoint"]
 
 
 def test_steps_nest_into_an_existing_pipeline_from_an_upstream_model(tmp_path):
@@ -252,7 +307,7 @@ class LocalProcessing:
         shutil.copytree(model_dir, out / "model")
         self.outputs[step_name] = {"model": out}
 
-    def run(self, step_name: str) -> subprocess.CompletedProcess:
+    def run(self, step_name: str, exit_code: int = 0) -> subprocess.CompletedProcess:
         args = self.steps[step_name]["Arguments"]
         shutil.rmtree(self.root, ignore_errors=True)  # every job is a fresh container
         for channel in args.get("ProcessingInputs", []):
@@ -265,7 +320,9 @@ class LocalProcessing:
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
         done = subprocess.run(args["AppSpecification"]["ContainerEntrypoint"], env=env, capture_output=True,
                               text=True, timeout=600)
-        assert done.returncode == 0, f"{step_name} exited {done.returncode}:\n{done.stderr[-3000:]}"
+        assert done.returncode == exit_code, f"{step_name} exited {done.returncode}:\n{done.stderr[-3000:]}"
+        if exit_code:
+            return done  # a failed job uploads nothing
         self.outputs[step_name] = {}
         for channel in outputs:
             target = Path(self.resolve(channel["S3Output"]["S3Uri"]))
@@ -324,3 +381,28 @@ def test_definition_entrypoints_run_the_contract_locally_and_the_condition_reads
         else:
             message = rerun.resolve(taken[0]["Arguments"]["ErrorMessage"])
             assert message.startswith("slimops gate validate failed:") and "speedup" in message
+
+
+@pytest.mark.slow
+def test_an_inconclusive_gate_retries_in_its_job_then_fails_the_step(tmp_path, monkeypatch, digits_trained):
+    """A real inconclusive verdict (max_timing_spread 0: no timing is steady enough), run from the definition's own
+    entrypoint: the job reruns the gate after the recipe's backoff, then exits 4, so the execution fails at the
+    validate step and the condition (register or fail) never runs."""
+    require_timing_spread()
+    root = tmp_path / "container" / "opt" / "ml" / "processing"
+    monkeypatch.setenv(PROCESSING_ROOT_ENV, str(root))
+    recipe = write_recipe(tmp_path / "inconclusive.yaml", timing={"rounds": 2, "latency_runs": 5,
+                                                                  "throughput_samples": 64},
+                          gate={"max_metric_drop": 100.0, "min_speedup": None, "max_timing_spread": 0.0})
+    text = yaml.safe_load(recipe.read_text())
+    text["retry_inconclusive"] = {"retries": 1, "backoff_s": 1}
+    recipe.write_text(yaml.safe_dump(text, sort_keys=False))
+    local = LocalProcessing(definition(digits_pipeline.build(recipe)), root, tmp_path / "s3")
+    local.seed("slimops-train", digits_trained)
+    local.run("slimops-export")
+    local.run("slimops-quantize")
+    done = local.run("slimops-validate", exit_code=4)
+    assert "gate inconclusive" in done.stderr and "attempt 2 of 2 in 1 s" in done.stderr, done.stderr
+    report = json.loads((root / "output" / "model" / "model" / "gate_report.json").read_text())
+    assert report["passed"] is False and report["verdict"] == "inconclusive"
+    assert "slimops-validate" not in local.outputs  # nothing uploaded, nothing for the condition to read

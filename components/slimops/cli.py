@@ -80,10 +80,13 @@ def _positive_int(text: str) -> int:
 
 def cmd_step(args) -> int:
     from slimops.core import run_step
+    from slimops.retry import run_retrying
 
     config = _merge(_load_config_file(args.config), _parse_sets(args.set))
     inputs = {"baseline": Path(args.baseline)} if args.baseline else {}
-    outcome = run_step(args.name, Path(args.model), Path(args.out), config, inputs, threads=args.threads)
+    outcome, _ = run_retrying(
+        lambda: run_step(args.name, Path(args.model), Path(args.out), config, inputs, threads=args.threads),
+        _inconclusive_waits(args), lambda text: print(_one_line("slimops: ", text), file=sys.stderr))
     if outcome.status == "refused":
         raise GateFailed(outcome.reasons[0])
     if outcome.passed is not None:
@@ -103,6 +106,25 @@ def cmd_step(args) -> int:
     print(json.dumps({"step": args.name, "out": str(Path(args.out).absolute()), "metrics": outcome["metrics"]},
                      indent=2, default=str))
     return EXIT_OK
+
+
+RETRY_FLAGS = {"retries": "--retry-inconclusive", "backoff_s": "--retry-backoff", "factor": "--retry-factor"}
+
+
+def _inconclusive_waits(args) -> list[float]:
+    """The waits before each rerun of an inconclusive gate, within the bounds of a recipe's retry_inconclusive."""
+    from pydantic import ValidationError
+
+    from slimops.plan import Retry
+    from slimops.recipe import RetryInconclusive
+
+    try:
+        policy = RetryInconclusive(retries=args.retry_inconclusive, backoff_s=args.retry_backoff,
+                                   factor=args.retry_factor)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise BadInput(f"{RETRY_FLAGS[first['loc'][0]]} {first['input']}: {first['msg']}") from None
+    return Retry(**policy.model_dump()).waits()
 
 
 def _write_metrics_output(path: str | None, manifest: dict) -> None:
@@ -221,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--metrics-output", metavar="FILE", help="write the step's metrics there as JSON")
     step.add_argument("--allow-factory", action="append", default=[], metavar="MODULE",
                       help="trust model factories from this module (or module:callable); see README 'Threat model'")
+    # For orchestrators whose retry policies cannot see exit 4 (SageMaker, Azure ML): the step retries itself.
+    step.add_argument("--retry-inconclusive", type=int, default=0, metavar="N",
+                      help="a gate that cannot decide (exit 4): run it again up to N times, after a backoff (default 0)")
+    step.add_argument("--retry-backoff", type=float, default=60.0, metavar="SECONDS",
+                      help="wait before the first rerun (default 60)")
+    step.add_argument("--retry-factor", type=float, default=2.0, metavar="F",
+                      help="each later wait is F times the one before (default 2)")
     step.set_defaults(func=cmd_step)
 
     source = sub.add_parser("source", help="materialise a recipe's model section as a model directory")

@@ -20,6 +20,7 @@ from slimops.manifest import atomic_dir, clean_stale_temps, hash_tree, out_lock,
 from slimops.plan import StepCall, plan_recipe
 from slimops import progress
 from slimops.recipe import Recipe, load_recipe
+from slimops.retry import run_retrying
 from slimops.report import RUN_SUMMARY, write_report
 
 
@@ -151,15 +152,9 @@ def _claim_run_dir(run_dir: Path, recipe: Recipe) -> None:
 
 def _run_retrying(call, model, out, config, inputs, threads):
     """run_step, retried after a backoff while its gate is inconclusive (as an orchestrator's retry policy would)."""
-    waits = call.inconclusive.waits() if call.gated else []
-    for attempt, wait in enumerate([*waits, None], start=1):
-        outcome = run_step(call.step, model, out, config, inputs, threads=threads)
-        if outcome.status != "inconclusive" or wait is None:
-            break
-        progress.note(f"{call.id}: gate inconclusive ({'; '.join(outcome.reasons)[:300]}); attempt {attempt + 1} "
-                      f"of {len(waits) + 1} in {wait:g} s", "yellow")
-        time.sleep(wait)
-    return outcome, attempt
+    return run_retrying(lambda: run_step(call.step, model, out, config, inputs, threads=threads),
+                        call.inconclusive.waits() if call.gated else [],
+                        lambda text: progress.note(f"{call.id}: {text}", "yellow"))
 
 
 def _run(recipe: Recipe, calls: list, run_dir: Path, use_cache: bool) -> RunResult:

@@ -7,6 +7,14 @@ stay thin over the hook, and the hook is the only code that calls the slimops co
     from slimops.adapters.airflow import SlimopsHook, SlimopsStepOperator, slimops_task_group, build_dag
     from slimops.adapters.airflow import SlimopsQuantizeOperator   # one per step: Slimops<Step>Operator
 
+Retries follow the plan: a gate that could not decide (inconclusive) is retried with the recipe's backoff and
+never promotes; a failed gate is final. Every gate (validate) task runs in the pool ``slimops_benchmark``
+(``BENCHMARK_POOL``), one slot, so two benchmarks never run at once. Airflow does not create pools, providers
+cannot declare one (``provider_info`` has no such field), and a task whose pool does not exist is never scheduled.
+Create it once per deployment, before the first run::
+
+    airflow pools set slimops_benchmark 1 "slimops validate: one benchmark at a time"
+
 This module itself imports no Airflow: ``get_provider_info`` runs in every ``airflow providers`` command and
 must stay cheap. The names above load on first use.
 """
@@ -14,6 +22,9 @@ must stay cheap. The names above load on first use.
 from __future__ import annotations
 
 import importlib
+
+# The one-slot pool every gate task runs in (create it: see above).
+BENCHMARK_POOL = "slimops_benchmark"
 
 _LAZY = {
     "SlimopsHook": "slimops.adapters.airflow.hooks",
@@ -25,7 +36,7 @@ _LAZY = {
     "build_dag": "slimops.adapters.airflow.factory",
 }
 
-__all__ = ["get_provider_info", *_LAZY]
+__all__ = ["BENCHMARK_POOL", "get_provider_info", *_LAZY]
 
 
 def get_provider_info() -> dict:

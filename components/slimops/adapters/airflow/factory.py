@@ -5,6 +5,12 @@ a gate that checks nothing, an unknown step or option) is a DAG import error wit
 failure hours later on a worker. Tasks pass model directories to each other through XCom (``output["out"]``);
 the promotion steps (after the gating validate) sit downstream of the gate task, so a failed gate leaves them
 ``upstream_failed``: they never run.
+
+Each task retries as the plan says (``slimops.plan.StepCall.retry``): the gate on an inconclusive verdict with the
+recipe's ``retry_inconclusive`` backoff (a gate that stays inconclusive fails, and promotion never runs), a
+transform twice after 30 s, register / promote / deploy never. The gate runs in the one-slot pool
+``slimops_benchmark``, which must exist (``airflow pools set slimops_benchmark 1 "..."``; see
+``slimops.adapters.airflow.operators``). ``task_kwargs`` you pass win over both.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ def slimops_task_group(recipe: str | Path | Plan, *, model: ModelRef = None, sta
         ``start_after="train"`` compresses a model trained elsewhere with a train-then-compress recipe.
     :param runs_dir, registry_dir: see ``SlimopsHook``.
     :param threads: CPU threads for the models (default: the recipe's ``threads``).
-    :param task_kwargs: passed to every task (``retries``, ``pool``, ``queue``, ``executor_config``, ...).
+    :param task_kwargs: passed to every task (``queue``, ``executor_config``, ...); ``retries``, ``retry_delay``
+        or ``pool`` here replace the plan's per-step policy for every task, the gate and register included.
     """
     plan = recipe if isinstance(recipe, Plan) else plan_recipe(recipe)
     group_id = group_id or re.sub(r"[^\w-]", "_", plan.name)
@@ -97,7 +104,8 @@ def add_recipe_tasks(plan: Plan, *, model: ModelRef = None, start_after: str | N
         task = step_operator(call.step)(
             task_id=call.id, step_id=call.id, model=outputs[call.input],
             baseline=None if call.baseline is None else outputs[call.baseline],
-            config=call.config, recipe_dir=recipe_dir, threads=threads or plan.threads, **common)
+            config=call.config, recipe_dir=recipe_dir, threads=threads or plan.threads,
+            inconclusive=call.inconclusive, **common)
         tasks[call.id] = task
         outputs[call.id] = task.output["out"]
 

@@ -117,8 +117,10 @@ class SlimopsHook(BaseHook):
                  recipe_dir: str | Path = ".", threads: int | None = None) -> dict:
         """Run one step through ``slimops.plan.run_call`` (the in-process twin of ``StepCall.argv``).
 
-        Returns ``{"out", "step", "metrics", "gate_passed", "reasons"}``, JSON-safe for XCom. A failed gate is a
-        result (``gate_passed: False``); bad input raises ``slimops.errors.BadInput``.
+        Returns ``{"out", "step", "status", "metrics", "details", "gate_passed", "reasons"}``, JSON-safe for XCom.
+        ``status`` is the core's outcome: ``ok``, ``gate_failed`` (``gate_passed: False``) or ``inconclusive`` (the
+        gate could not decide: ``gate_passed: None``, no verdict either way). Bad input raises
+        ``slimops.errors.BadInput``; a registry or deploy step refusing its model raises GateFailed.
         """
         config = dict(config or {})
         if get_step(step).role == "registry":
@@ -135,9 +137,11 @@ class SlimopsHook(BaseHook):
         return json.loads(json.dumps({
             "out": str(Path(out).absolute()),
             "step": step,
+            "status": outcome.status,
             "metrics": manifest.get("metrics") or {},
             "details": _small_details(manifest.get("details") or {}),
-            "gate_passed": outcome.passed,
+            # The manifest records an inconclusive gate as not passed; as XCom it is no verdict, not a rejection.
+            "gate_passed": None if outcome.status == "inconclusive" else outcome.passed,
             "reasons": list(outcome.reasons),
         }, default=_jsonable))
 

@@ -6,8 +6,22 @@
 - takes ``model`` (a model directory: a path, a Jinja template, or an upstream ``.output["out"]``), ``out``
   (default: ``<runs dir>/<dag_id>/<run_id>/steps/<task_id>``), ``config`` (the step's options, as in a recipe;
   templated) and, for validate, ``baseline``;
-- pushes XComs ``out``, ``metrics``, ``gate_passed`` and, as its return value, all of them with the reasons;
-- raises ``AirflowFailException`` (no retries) on a failed gate or bad input: neither gets better by retrying.
+- pushes XComs ``out``, ``metrics``, ``gate_passed``, ``status`` and, as its return value, all of them with the
+  reasons;
+- raises ``AirflowFailException`` (no retries) on a failed gate or bad input: neither gets better by retrying;
+- raises a retryable ``AirflowException`` on an inconclusive gate (it could not time the models honestly): Airflow
+  runs it again after its backoff, and once the retries run out the task fails and promotion never runs;
+- retries as the plan says (``slimops.plan.StepCall.retry``, see ``task_policy``): a gate on inconclusive with the
+  recipe's ``retry_inconclusive`` backoff, a transform twice after 30 s, a step with side effects never. A gate
+  runs in the one-slot pool ``slimops_benchmark`` (``BENCHMARK_POOL``): it times two models, and a second
+  benchmark running beside it would skew both.
+  Arguments you pass (``retries``, ``pool``, ...) win; DAG ``default_args`` do not override the plan's policy (a
+  blanket ``retries`` would retry a registration blindly).
+
+Airflow does not create pools, and a task whose pool does not exist is never scheduled (the scheduler logs
+"Tasks using non-existent pool"). Create it once per deployment::
+
+    airflow pools set slimops_benchmark 1 "slimops validate: one benchmark at a time"
 
 The config is checked when the DAG is parsed (unless it holds templates), so a typo fails the DAG import, not
 the run.
@@ -17,15 +31,39 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseOperator, XComArg
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from slimops.adapters.airflow import BENCHMARK_POOL
 from slimops.adapters.airflow.hooks import SlimopsHook
 from slimops.errors import BadInput, GateFailed
+from slimops.plan import Retry, StepCall
+from slimops.retry import SOURCE_RETRY
 from slimops.steps import get_step, step_names
+
+
+def retry_arguments(retry: Retry | None) -> dict:
+    """A plan's retry policy as BaseOperator arguments. Airflow's exponential backoff takes the factor as its
+    multiplier (``retry_exponential_backoff``; True would mean 2) and waits 1 to 2 times ``retry_delay * factor**n``
+    (a per-task jitter); ``max_retry_delay`` keeps every wait within the plan's longest."""
+    if retry is None:
+        return {"retries": 0}
+    return {"retries": retry.retries, "retry_delay": timedelta(seconds=retry.backoff_s),
+            "retry_exponential_backoff": retry.factor, "max_retry_delay": timedelta(seconds=max(retry.waits()))}
+
+
+def task_policy(step: str, inconclusive: Retry | None = None) -> dict:
+    """How the plan runs ``step`` on Airflow: its retries and, for a gate, the one-slot benchmark pool.
+    ``inconclusive``: the recipe's ``retry_inconclusive`` (default: the recipe default)."""
+    call = StepCall(step, step, "", None, {}, False, **({"inconclusive": inconclusive} if inconclusive else {}))
+    policy = retry_arguments(call.retry)
+    if call.gated:
+        policy.update(pool=BENCHMARK_POOL, pool_slots=1)
+    return policy
 
 
 def _is_templated(value: Any) -> bool:
@@ -61,7 +99,7 @@ class _SlimopsOperator(BaseOperator):
 
     def push(self, context, result: dict) -> dict:
         ti = context["ti"]
-        for key in ("out", "metrics", "gate_passed"):
+        for key in ("out", "metrics", "gate_passed", "status"):
             if key in result:
                 ti.xcom_push(key=key, value=result[key])
         return result
@@ -78,6 +116,9 @@ class SlimopsStepOperator(_SlimopsOperator):
     :param recipe_dir: where relative data paths in ``config`` live (default: the worker's working directory).
     :param threads: CPU threads for the models (default: all cores).
     :param step_id: the recipe's id for this step, for logs and the manifest.
+    :param inconclusive: a gate: how to retry an inconclusive verdict (the recipe's ``retry_inconclusive``;
+        default 3 retries after 60 s, doubling). ``retries`` / ``retry_delay`` / ``retry_exponential_backoff``
+        given here win over it.
     """
 
     template_fields: Sequence[str] = ("model", "out", "baseline", "config")
@@ -86,7 +127,9 @@ class SlimopsStepOperator(_SlimopsOperator):
 
     def __init__(self, *, model: Any, config: dict | None = None, baseline: Any = None, step: str | None = None,
                  recipe_dir: str | None = None, threads: int | None = None, step_id: str | None = None,
-                 model_format: str | None = None, **kwargs):
+                 model_format: str | None = None, inconclusive: Retry | None = None, **kwargs):
+        if (step or self.step_name) in step_names():  # an unknown step is reported below, with the task id
+            kwargs = {**task_policy(step or self.step_name, inconclusive), **kwargs}
         super().__init__(**kwargs)
         self.step = step or self.step_name
         if not self.step:
@@ -141,11 +184,17 @@ class SlimopsStepOperator(_SlimopsOperator):
         except GateFailed as err:  # register / promote refusing a model without a passing gate: final too
             raise AirflowFailException(str(err)) from None
         self.push(context, result)
-        if result["gate_passed"] is False:
+        report = Path(result["out"]) / "gate_report.json"
+        if result["status"] == "inconclusive":
+            # Not a verdict: retryable, so Airflow runs the gate again after its backoff (on a quieter machine,
+            # one hopes); when the retries run out the task fails and promotion never runs.
+            raise AirflowException(f"gate inconclusive ({self.step_id}): " + "; ".join(result["reasons"]) +
+                                   f"; report: {report}")
+        if result["status"] == "gate_failed":
             # Never retried: the same model measured again does not become better; promotion tasks downstream
             # end up upstream_failed and never run.
             raise AirflowFailException(f"gate failed ({self.step_id}): " + "; ".join(result["reasons"]) +
-                                       f"; report: {Path(result['out']) / 'gate_report.json'}")
+                                       f"; report: {report}")
         return result
 
 
@@ -160,7 +209,7 @@ class SlimopsSourceOperator(_SlimopsOperator):
     template_fields: Sequence[str] = ("out",)
 
     def __init__(self, *, model_spec: dict, recipe_dir: str | None = None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(**{**retry_arguments(SOURCE_RETRY), **kwargs})
         self.model_spec = dict(model_spec)
         self.recipe_dir = recipe_dir
         self.output_format = "torch" if self.model_spec.get("factory") else None  # for the next task's check

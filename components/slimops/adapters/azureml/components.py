@@ -7,8 +7,11 @@ options (data, gate, lists) are string inputs holding JSON; the command passes e
 ``--set 'key=<value>'``, which the CLI reads as YAML, so a pipeline that passes StepCall's JSON text gets
 exactly the configs ``slimops run`` uses.
 
-The validate component always branches instead of failing: ``--on-gate-fail continue`` and the verdict as a
-boolean output ``passed`` (``is_control``) that an if_else node reads. Model outputs use ``mode: upload``: the
+The validate component branches on a verdict instead of failing: ``--on-gate-fail continue`` and the verdict as
+a boolean output ``passed`` (``is_control``) that an if_else node reads. An inconclusive gate is no verdict: Azure
+ML command nodes have no retry settings, so the component retries it in its own process (optional inputs
+``retry_inconclusive``, ``retry_backoff``, ``retry_factor`` -> ``slimops step --retry-inconclusive ...``); if it
+stays inconclusive the node fails (exit 4) and nothing after it runs. Model outputs use ``mode: upload``: the
 CLI writes its output atomically (temp sibling, then rename), which a read-write mounted output folder does
 not allow.
 """
@@ -29,6 +32,12 @@ THREADS_INPUT = "num_threads"  # not "threads": pack has a config option of that
 SOURCE = "source"
 PUBLISH = "publish"
 _SCALARS = {bool: "boolean", int: "integer", float: "number", str: "string"}
+# A gate's in-process retry of an inconclusive verdict: input -> (type, CLI option, description).
+RETRY_INPUTS = {
+    "retry_inconclusive": ("integer", "--retry-inconclusive", "reruns of an inconclusive gate (default 0)"),
+    "retry_backoff": ("number", "--retry-backoff", "seconds before the first rerun (default 60)"),
+    "retry_factor": ("number", "--retry-factor", "each later wait is this many times the one before (default 2)"),
+}
 
 
 def component_name(step: str) -> str:
@@ -106,7 +115,7 @@ def step_component(step: str, image: str | None = None) -> dict:
     for extra in definition.extra_inputs:
         inputs[extra] = {"type": "uri_folder", "description": f"{extra} model directory"}
         command += [f"--{extra}", f"${{{{inputs.{extra}}}}}"]
-    clash = set(options) & {*inputs, THREADS_INPUT}
+    clash = set(options) & {*inputs, THREADS_INPUT, *RETRY_INPUTS}
     if clash:
         raise BadInput(f"step {step}: config options {sorted(clash)} clash with the component's own inputs")
     inputs.update(options)
@@ -117,6 +126,9 @@ def step_component(step: str, image: str | None = None) -> dict:
     if definition.role == "gate":
         outputs[GATE_OUTPUT] = {"type": "boolean", "is_control": True, "description": "the gate verdict"}
         command += ["--on-gate-fail", "continue", "--gate-output", f"${{{{outputs.{GATE_OUTPUT}}}}}"]
+        for name, (kind, option, description) in RETRY_INPUTS.items():
+            inputs[name] = {"type": kind, "optional": True, "description": description}
+            command.append(f"$[[{option} ${{{{inputs.{name}}}}}]]")
     return _component(step, definition.summary, image, inputs, outputs, command,
                       deterministic=not definition.side_effects)
 

@@ -114,6 +114,10 @@ def _step_node(call: StepCall, components: dict, models: dict, plan: Plan, recip
         inputs["baseline"] = models[call.baseline]
     if plan.threads:
         inputs[THREADS_INPUT] = plan.threads
+    if call.gated and call.retry:
+        # No retry settings for command nodes in Azure ML: the gate retries an inconclusive verdict itself.
+        inputs.update(retry_inconclusive=call.retry.retries, retry_backoff=call.retry.backoff_s,
+                      retry_factor=call.retry.factor)
     node = component(**inputs)
     node.name = _node_name(call.id)
     node.display_name = call.id

@@ -13,8 +13,9 @@ from kfp.dsl import Input, Model
 from slimops.adapters.kfp import components
 from slimops.adapters.kfp.placement import apply_placement, placements
 from slimops.errors import BadInput
-from slimops.plan import Plan, StepCall, image_reference, plan_recipe
+from slimops.plan import Plan, Retry, StepCall, image_reference, plan_recipe
 from slimops.recipe import load_recipe
+from slimops.retry import SOURCE_RETRY
 
 KINDS = ("python", "container")
 
@@ -58,9 +59,14 @@ def _policy(task, call: StepCall):
     """The plan's cache and retry policy: a step with side effects is never cached (a cached register would
     silently skip the registration) nor retried blindly."""
     task.set_caching_options(call.cacheable)
-    if call.retry:
-        task.set_retry(num_retries=call.retry.retries, backoff_duration=f"{call.retry.backoff_s:g}s",
-                       backoff_factor=call.retry.factor)
+    return _retry(task, call.retry)
+
+
+def _retry(task, retry: Retry | None):
+    """KFP retries a task on any non-zero exit. The gate runs with ``--on-gate-fail continue`` (a failed verdict
+    exits 0 and branches), so what it retries is exit 4, inconclusive, with the recipe's backoff."""
+    if retry:
+        task.set_retry(num_retries=retry.retries, backoff_duration=f"{retry.backoff_s:g}s", backoff_factor=retry.factor)
     return task
 
 
@@ -86,7 +92,7 @@ def build_pipeline(recipe_path: str | Path, image: str | None = None, kind: str 
     def wire(model):
         if model is None:
             model = (dsl.importer(artifact_uri=model_uri, artifact_class=Model, reimport=False).output if model_uri
-                     else tasks.source().set_display_name("source").outputs["output_model"])
+                     else _retry(tasks.source(), SOURCE_RETRY).set_display_name("source").outputs["output_model"])
         models = {"source": model}
         for call in plan.chain:
             task = _policy(apply_placement(tasks.step(call, models, gate=call is plan.gate), where[call.id]), call)

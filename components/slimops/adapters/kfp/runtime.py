@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from slimops.errors import BadInput, GateFailed
+from slimops.errors import BadInput, GateFailed, GateInconclusive
 
 
 def _options(text: str, what: str) -> dict:
@@ -35,7 +35,8 @@ def log_metrics(metrics, manifest: dict) -> None:
 def run_step_task(step: str, model, output_model, metrics, config: str, recipe_dir: str, threads: int,
                   baseline=None, passed_path: str | None = None, on_gate_fail: str = "exit") -> None:
     """One recipe step on KFP artifacts. A failed gate writes ``passed`` = false, then fails the task unless
-    ``on_gate_fail`` is ``continue`` (the pipeline's gate, which branches on ``passed`` instead)."""
+    ``on_gate_fail`` is ``continue`` (the pipeline's gate, which branches on ``passed`` instead). An inconclusive
+    gate always fails the task (GateInconclusive), whatever ``on_gate_fail`` says."""
     from slimops.plan import StepCall, run_call
 
     call = StepCall(id=step, step=step, input="model", baseline=None if baseline is None else "baseline",
@@ -44,6 +45,10 @@ def run_step_task(step: str, model, output_model, metrics, config: str, recipe_d
                        recipe_dir=recipe_dir or ".", threads=threads or None)
     if outcome.status == "refused":
         raise GateFailed(outcome.reasons[0])
+    if outcome.status == "inconclusive":
+        # Not a verdict: the task fails (before writing `passed`, so neither branch runs) and KFP's retry policy
+        # runs the gate again after its backoff.
+        raise GateInconclusive(f"gate inconclusive ({step}): " + "; ".join(outcome.reasons), outcome.report)
     log_metrics(metrics, outcome.manifest)
     output_model.metadata["slimops_step"] = step
     if outcome.passed is not None:

@@ -21,7 +21,8 @@ import os
 from dataclasses import dataclass, field
 
 from slimops.errors import BadInput
-from slimops.plan import Plan, StepCall
+from slimops.plan import Plan, Retry, StepCall
+from slimops.retry import SOURCE_RETRY, inconclusive_flags
 from slimops.steps import map_data
 
 PROCESSING_ROOT_ENV = "SLIMOPS_SAGEMAKER_PROCESSING_ROOT"
@@ -49,6 +50,7 @@ class ProcessingJob:
     reads_data: bool = False  # gets the recipe's data files as the "data" channel
     gated: bool = False  # the gating validate: its output holds gate_report.json for the ConditionStep
     after_gate: bool = False  # promotion branch: runs only when the gate passed
+    retry: Retry | None = None  # the plan's retry policy (None: a step with side effects, never retried blindly)
 
     def input_path(self, channel: str, root: str | None = None) -> str:
         return f"{root or processing_root()}/input/{channel}"
@@ -87,7 +89,7 @@ def processing_jobs(plan: Plan, *, source: bool = True, data_files: bool = False
     if source:
         # A recipe whose model is a path next to the recipe gets it from the data channel, like its data files.
         jobs.append(ProcessingJob(id=SOURCE, argv=plan.source_argv(f"{out}/{MODEL_SUBDIR}", placed),
-                                  reads_data=data_files and SOURCE in readers))
+                                  reads_data=data_files and SOURCE in readers, retry=SOURCE_RETRY))
     for call in plan.calls:
         inputs = {MODEL_CHANNEL: call.input}
         if call.baseline is not None:
@@ -97,6 +99,9 @@ def processing_jobs(plan: Plan, *, source: bool = True, data_files: bool = False
                          baseline=f"{root}/input/baseline" if call.baseline is not None else None,
                          recipe_dir=placed, threads=plan.threads,
                          gate_output=f"{out}/{GATE_VERDICT}" if gated else None)
+        # SageMaker's retry policies match exception types, never exit codes: an inconclusive gate (exit 4) is
+        # retried inside its own job instead.
+        argv += inconclusive_flags(call)
         jobs.append(ProcessingJob(id=call.id, argv=argv, inputs=inputs, reads_data=data_files and call.id in readers,
-                                  gated=gated, after_gate=call.after_gate))
+                                  gated=gated, after_gate=call.after_gate, retry=call.retry))
     return jobs

@@ -6,6 +6,12 @@ execution with the gate's reasons.
 No code is uploaded: each job's ContainerEntrypoint is exactly the ``slimops step ...`` command from
 ``slimops.plan``. Artifacts flow by S3 URI: a job's input prefix is the upstream job's output channel plus
 ``/model``. Recipe errors (unknown step, no gate, a gate that checks nothing, no image) raise BadInput here.
+
+Retries follow the plan: every ProcessingStep but those with side effects carries RetryPolicies for
+infrastructure failures (``infra_retry_policies``). SageMaker's policies match exception types, not exit codes, so
+the gating validate retries an inconclusive verdict inside its own job (``slimops step --retry-inconclusive``, the
+recipe's ``retry_inconclusive``); if it stays inconclusive the job exits 4, the execution fails at that step and
+nothing is registered.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from pathlib import Path
 from slimops.adapters.sagemaker.jobs import (DATA, GATE_REPORT, MODEL_CHANNEL, MODEL_SUBDIR, SOURCE,
                                              ProcessingJob, processing_jobs)
 from slimops.errors import BadInput
-from slimops.plan import Plan, image_reference, plan_recipe
+from slimops.plan import Plan, Retry, image_reference, plan_recipe
 
 APPROVAL_STATUSES = ("Approved", "Rejected", "PendingManualApproval")
 
@@ -122,7 +128,8 @@ def build_steps(recipe: str | Path | Plan, *, role: str, artifact_root, image: s
                               base_job_name=f"slimops-{job.id}"[:32], env={"HF_HUB_OFFLINE": "1"})
         step = ProcessingStep(name=names[job.id], step_args=processor.run(inputs=inputs or None, outputs=[output]),
                               description=f"slimops {' '.join(job.argv[1:3])}",
-                              property_files=[gate_report] if job.gated else None)
+                              property_files=[gate_report] if job.gated else None,
+                              retry_policies=infra_retry_policies(job.retry))
         model_uris[job.id] = Join(on="/", values=[
             step.properties.ProcessingOutputConfig.Outputs[MODEL_CHANNEL].S3Output.S3Uri, MODEL_SUBDIR])
         (promotion if job.after_gate else chain).append(step)
@@ -157,6 +164,25 @@ def build_steps(recipe: str | Path | Plan, *, role: str, artifact_root, image: s
                   if _is_parameter(p)]
     return SlimopsSteps(steps=[*chain, condition], parameters=parameters, gate_report=gate_report,
                         gate_step=gate_step, condition=condition, validated_model_uri=validated, jobs=jobs)
+
+
+def infra_retry_policies(retry: Retry | None) -> list | None:
+    """The plan's retries for what SageMaker can see: a throttled or faulty service, a job that failed inside
+    SageMaker, no capacity, a resource limit. None for a step with side effects (a job that failed inside
+    SageMaker may already have registered or deployed). An inconclusive gate exits 4, which no policy matches: the
+    gate retries itself in its container (``--retry-inconclusive``)."""
+    if retry is None:
+        return None
+    from sagemaker.mlops.workflow.retry import (SageMakerJobExceptionTypeEnum, SageMakerJobStepRetryPolicy,
+                                                StepExceptionTypeEnum, StepRetryPolicy)
+
+    timing = {"backoff_rate": retry.factor, "interval_seconds": max(1, round(retry.backoff_s)),
+              "max_attempts": retry.retries}
+    return [StepRetryPolicy(exception_types=[StepExceptionTypeEnum.SERVICE_FAULT, StepExceptionTypeEnum.THROTTLING],
+                            **timing),
+            SageMakerJobStepRetryPolicy(exception_types=[SageMakerJobExceptionTypeEnum.INTERNAL_ERROR,
+                                                         SageMakerJobExceptionTypeEnum.CAPACITY_ERROR,
+                                                         SageMakerJobExceptionTypeEnum.RESOURCE_LIMIT], **timing)]
 
 
 def _check_promotion_registry(plan: Plan) -> None:
