@@ -26,7 +26,7 @@ class GatePolicy(BaseModel):
     confidence: float | None = Field(None, ge=0.5, lt=1, description="metric drops pass only when the upper end of "
                                      "their paired-bootstrap interval at this level is within the limit (e.g. 0.95); "
                                      "also the level of the speedup interval (default 0.95)")
-    max_timing_spread: float = Field(0.25, ge=0, description="speed rules are inconclusive when rounds disagree more "
+    max_timing_spread: float = Field(0.5, ge=0, description="speed rules are inconclusive when rounds disagree more "
                                      "than this (interquartile range of per-round speedups / their median)")
 
 

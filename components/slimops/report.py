@@ -121,15 +121,22 @@ def _report(summary: dict, manifests: dict) -> dict:
     gate_manifest = manifests.get((summary.get("gate") or {}).get("step"), {})
     checks = (gate_manifest.get("details") or {}).get("checks") or []
     if checks:
-        level = gate_manifest.get("metrics", {}).get("timing", {}).get("confidence")
+        # The interval column only when a rule was judged by one (the speedup, or drops with ``confidence``).
+        intervals = any(c.get("interval") for c in checks)
+        level = (gate_manifest.get("metrics", {}).get("timing") or {}).get("confidence")
+
+        def interval(c):
+            return [f"[{_fmt(c['interval'][0], 4)}, {_fmt(c['interval'][1], 4)}]" if c.get("interval") else ""]
+
+        def result(c):
+            if c.get("status") == "inconclusive":
+                return "inconclusive"
+            return "pass" if c["passed"] else "FAIL"
         tables.append({
-            "title": "Gate checks", "header": ["check", "measured", f"interval ({_fmt(level, 2)})", "rule", "result"],
-            "rows": [[str(c["check"]), _fmt(c["value"], 4),
-                      f"[{_fmt(c['interval'][0], 4)}, {_fmt(c['interval'][1], 4)}]" if c.get("interval") else "",
-                      f"{c['op']} {c['limit']}",
-                      {"pass": "pass", "fail": "FAIL"}.get(c.get("status"), "inconclusive") if c.get("status")
-                      else ("pass" if c["passed"] else "FAIL")]
-                     for c in checks],
+            "title": "Gate checks",
+            "header": ["check", "measured", *([f"interval ({_fmt(level, 2)})"] if intervals else []), "rule", "result"],
+            "rows": [[str(c["check"]), _fmt(c["value"], 4), *(interval(c) if intervals else []),
+                      f"{c['op']} {c['limit']}", result(c)] for c in checks],
         })
         timing = gate_manifest.get("metrics", {}).get("timing")
         if timing:
