@@ -149,6 +149,33 @@ def test_distill_resumes_after_kill(tmp_path, digits_trained, digits_test):
     assert accuracy_of(out, digits_test) >= MIN_DIGITS_STUDENT_ACCURACY
 
 
+@pytest.mark.parametrize("planted", ["user_folder", "link", "link_inside"])
+def test_a_checkpoint_folder_distill_did_not_write_is_refused_and_kept(tmp_path, digits_trained, planted):
+    """distill deletes a stale or finished checkpoint folder (and old step folders in it): one it did not write,
+    or a link to elsewhere, is bad input, and everything in it stays."""
+    out = tmp_path / "student"
+    elsewhere = tmp_path / "precious"
+    (elsewhere / "step-00000001").mkdir(parents=True)
+    (elsewhere / "notes.txt").write_text("mine")
+    ckpt = ckpt_of(out)
+    if planted == "user_folder":
+        ckpt.mkdir()
+        (ckpt / "notes.txt").write_text("mine")
+    elif planted == "link":
+        ckpt.symlink_to(elsewhere, target_is_directory=True)
+    else:
+        ckpt.mkdir()
+        (ckpt / "step-00000002").symlink_to(elsewhere, target_is_directory=True)
+    done = run_cli("step", "distill", "--model", digits_trained, "--out", out, "--threads", "1",
+                   *[arg for key, value in digits_config(max_steps=20, eval_every=10).items()
+                     for arg in ("--set", f"{key}={json.dumps(value)}")])
+    line = assert_bad_input(done.returncode, done.stderr, out)
+    assert "checkpoint folder for this --out" in line
+    assert (elsewhere / "notes.txt").read_text() == "mine" and (elsewhere / "step-00000001").is_dir()
+    if planted == "user_folder":
+        assert (ckpt / "notes.txt").read_text() == "mine"
+
+
 def test_checkpoint_of_other_config_is_not_resumed(tmp_path, digits_trained):
     out = tmp_path / "student"
     stale = ckpt_of(out)

@@ -46,6 +46,8 @@ CASES = {
     "bad_data_spec": ("split: test, limit: 50", "split: test, limit: -3", "limit: -3", ["data.test.limit"]),
     "bad_model_source": ("  num_labels: 10\n", "  num_labels: 10\n  path: somewhere\n", "model:",
                          ["exactly one of path, package or factory"]),
+    "package_not_a_module_name": ("  factory: slimops.zoo.digits:DigitsCNN\n", "  package: ../../etc/passwd\n",
+                                  "package: ../../etc/passwd", ["model.package", "pattern"]),
     "unknown_dataset": ("      data: test\n", "      data: tset\n", "data: tset",
                         ["steps[3].config.data", "unknown dataset 'tset'", "train, test"]),
     "unknown_step": ("  - step: export\n", "  - step: exprot\n", "step: exprot", ["steps[1].step", "unknown step 'exprot'"]),

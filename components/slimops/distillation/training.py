@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from slimops import progress
-from slimops.distillation.checkpoint import clone, load_checkpoint, save_checkpoint, unflatten_optimizer
+from slimops.distillation.checkpoint import check_ours, clone, load_checkpoint, save_checkpoint, unflatten_optimizer
 from slimops.distillation.students import param_count
 from slimops.distillation.tasks import ClassifierTask, EncoderTask
 from slimops.evaluate import metric_name, task_metrics
@@ -63,6 +63,7 @@ def _train(config, info, task, data, eval_data, out_dir: Path, ckpt_dir: Path, r
     history: list[dict] = []
     resumed_from = 0
     discarded = False
+    check_ours(ckpt_dir)
     saved = load_checkpoint(ckpt_dir, resume_key)
     if saved is None and ckpt_dir.exists():
         discarded = True  # another config or teacher: start over
