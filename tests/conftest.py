@@ -123,7 +123,7 @@ def link_tree(src: Path, dst: Path) -> Path:
 
 def require_timing_spread() -> None:
     """Skip unless the gate can give a real inconclusive verdict: GatePolicy.max_timing_spread (the relative spread
-    of the per-round speedups above which timing is inconclusive; 0 makes every run inconclusive)."""
+    of the per-pair speedups above which timing is inconclusive; 0 makes every run inconclusive)."""
     from slimops.gate import GatePolicy
 
     if "max_timing_spread" not in GatePolicy.model_fields:

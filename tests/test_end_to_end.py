@@ -73,7 +73,9 @@ def check_report(run_dir: Path, code: int, metric: str, candidate: str) -> dict:
     assert number(rows[candidate][5]) == pytest.approx(validate["speedup"], abs=0.01)
     checks = table(md, "| check | measured |")
     assert {c[0] for c in checks} == {"metric_drop", "speedup", "size_ratio"}
-    assert all(c[3] in ("pass", "FAIL") for c in checks)
+    assert all(c[-1] in ("pass", "FAIL") for c in checks)
+    speedup = next(c for c in checks if c[0] == "speedup")
+    assert speedup[2].startswith("[")  # its interval, from the bootstrap over timing pairs
     lineage = table(md, "| step | file |")
     assert lineage[-1][0] == "source"
     return summary

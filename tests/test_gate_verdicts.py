@@ -64,7 +64,7 @@ def test_contention_makes_speed_rules_inconclusive_but_never_rescues_a_sure_fail
 def test_rounds_that_disagree_are_inconclusive():
     rows = check(GatePolicy(min_speedup=1.5, max_timing_spread=0.25), metrics(timing_spread=0.6))
     assert verdict(rows) == "inconclusive"
-    assert "timing rounds disagree by 0.60" in reasons(rows)[0]
+    assert "AB+BA timing pairs disagree by 0.60" in reasons(rows)[0]
 
 
 def test_confidence_judges_the_drop_by_its_upper_bound():
@@ -190,9 +190,9 @@ def test_measure_speed_reports_the_interval_and_how_it_measured():
     low, high = speed["speedup_ci"]
     assert low <= speed["speedup"] <= high
     assert 1.3 < speed["speedup"] < 2.5
-    assert len(speed["speedup_rounds"]) == 9
+    assert len(speed["speedup_pairs"]) == 5  # 9 rounds run as 10: five AB+BA pairs
     timing = speed["timing"]
-    assert timing["rounds"] == 9 and timing["examples_per_round"] == 16 and timing["threads"] == 1
+    assert timing["rounds"] == 10 and timing["examples_per_round"] == 16 and timing["threads"] == 1
     assert len(timing["pinned_cores"]) == 1 and timing["confidence"] == 0.95
     assert set(timing["load"]) == {"other_runnable", "stall", "steal", "throttled", "samples"}
     assert speed["baseline_cpu_per_wall"] < 0.5  # sleeping uses no CPU: the CPU time is measured, not assumed
@@ -214,7 +214,7 @@ def test_inconclusive_gate_exits_4_with_its_evidence_and_is_never_promoted(tmp_p
     report = json.loads((out / "gate_report.json").read_text())
     assert report["verdict"] == "inconclusive" and report["passed"] is False
     timing = report["metrics"]["timing"]
-    assert timing["rounds"] == 5 and timing["pinned_cores"] and "load" in timing
+    assert timing["rounds"] == 6 and timing["pinned_cores"] and "load" in timing
     assert report["metrics"]["speedup_ci"][0] <= report["metrics"]["speedup"] <= report["metrics"]["speedup_ci"][1]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["gate"]["verdict"] == "inconclusive"

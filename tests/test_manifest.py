@@ -117,7 +117,7 @@ def test_gate_report_travels_with_the_candidate(chain):
     out = chain["dirs"]["validate"]
     report = json.loads((out / "gate_report.json").read_text())
     manifest = manifest_of(out)
-    assert report["passed"] is True and manifest["gate"] == {"passed": True, "reasons": []}
+    assert report["passed"] is True and manifest["gate"] == {"passed": True, "reasons": [], "verdict": "pass"}
     assert report["checks"] == manifest["details"]["checks"]
     assert report["metrics"] == manifest["metrics"]
     # candidate_files: every candidate file next to the verdict, with hashes matching the directory
@@ -125,4 +125,4 @@ def test_gate_report_travels_with_the_candidate(chain):
     # ... and the validated model is byte-for-byte the quantize step's output
     assert report["candidate_files"]["model.onnx"] == manifest_of(chain["dirs"]["quantize"])["outputs"]["model.onnx"]
     assert report["data"]["sha256"] == sha256_file(chain["test_npz"])
-    assert report["baseline"] == str(chain["trained"])
+    assert report["baseline"] == {"kind": "input", "path": str(chain["trained"])}

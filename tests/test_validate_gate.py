@@ -47,7 +47,7 @@ def test_identical_models_fail_a_speedup_gate(tmp_path, capsys, digits_onnx):
     assert report["metrics"]["fidelity"] == 100.0
     assert report["metrics"]["size_ratio"] == pytest.approx(1.0)
     manifest = assert_outputs_match(out)  # the rejected candidate is kept, complete, with its verdict
-    assert manifest["gate"] == {"passed": False, "reasons": report["reasons"]}
+    assert manifest["gate"] == {"passed": False, "reasons": report["reasons"], "verdict": "fail"}
     assert tmp_siblings(out) == []
 
 

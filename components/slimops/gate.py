@@ -26,8 +26,8 @@ class GatePolicy(BaseModel):
     confidence: float | None = Field(None, ge=0.5, lt=1, description="metric drops pass only when the upper end of "
                                      "their paired-bootstrap interval at this level is within the limit (e.g. 0.95); "
                                      "also the level of the speedup interval (default 0.95)")
-    max_timing_spread: float = Field(0.5, ge=0, description="speed rules are inconclusive when rounds disagree more "
-                                     "than this (interquartile range of per-round speedups / their median)")
+    max_timing_spread: float = Field(0.5, ge=0, description="speed rules are inconclusive when AB+BA timing pairs "
+                                     "disagree more than this (interquartile range of per-pair speedups / their median)")
 
 
 RULES = ("max_metric_drop", "max_relative_metric_drop", "min_speedup", "max_size_ratio", "max_p95_latency_ms",
@@ -42,12 +42,12 @@ def check(policy: GatePolicy, m: dict) -> list[dict]:
     - The speedup passes when its whole interval is at or above the limit, fails when the whole interval is
       below, and is inconclusive when the interval straddles it.
     - Speed rules (speedup, p95 latency) are inconclusive when the machine was contended while timing or the
-      rounds disagreed more than ``max_timing_spread``: their numbers would follow the load, not the models.
+      AB+BA timing pairs disagreed more than ``max_timing_spread``: their numbers would follow the load, not the models.
     """
     timing = m.get("timing") or {}
     noisy = [*timing.get("contention", [])]
     if m.get("timing_spread") is not None and m["timing_spread"] > policy.max_timing_spread:
-        noisy.append(f"timing rounds disagree by {m['timing_spread']:.2f} (interquartile range / median), over "
+        noisy.append(f"AB+BA timing pairs disagree by {m['timing_spread']:.2f} (interquartile range / median), over "
                      f"max_timing_spread {policy.max_timing_spread:g}")
     drop_bound = 1 if policy.confidence else None
     rules = [

@@ -148,7 +148,7 @@ def _report(summary: dict, manifests: dict) -> dict:
                          ["CPU s per wall s (baseline / candidate)",
                           f"{_fmt(gate_manifest['metrics'].get('baseline_cpu_per_wall'))} / "
                           f"{_fmt(gate_manifest['metrics'].get('candidate_cpu_per_wall'))}"],
-                         ["round spread (IQR / median)", _fmt(gate_manifest["metrics"].get("timing_spread"), 3)],
+                         ["AB+BA pair spread (IQR / median)", _fmt(gate_manifest["metrics"].get("timing_spread"), 3)],
                          ["other runnable tasks, CPU stall, steal",
                           f"{_fmt(load.get('other_runnable'))}, {_pct(load.get('stall'))}, {_pct(load.get('steal'))}"],
                          ["contention", "; ".join(map(str, timing.get("contention") or [])) or "none detected"]],
