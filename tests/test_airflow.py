@@ -197,6 +197,22 @@ def test_provider_is_registered_under_the_distribution_name(airflow_env, dag_run
     assert dag_runs["provider"] == {"version": version("slimops"), "package-name": "slimops"}
 
 
+
+def test_the_readme_command_creates_the_one_slot_benchmark_pool(airflow_env):
+    """The README's `airflow pools set` line, run as copied: the gate's pool exists with one slot."""
+    readme = (REPO / "README.md").read_text()
+    after = readme.index("create it\nonce per deployment:")
+    block = readme[readme.index("```bash\n", after) + len("```bash\n"):readme.index("```", readme.index("```bash\n", after) + 7)]
+    assert block.startswith("airflow pools set slimops_benchmark 1")
+    env = {**airflow_env, "PATH": f"{Path(sys.executable).parent}:{airflow_env.get('PATH', '')}"}
+    done = subprocess.run(["bash", "-ec", block], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = subprocess.run([sys.executable, "-m", "airflow", "pools", "get", "slimops_benchmark", "-o", "json"],
+                         env=airflow_env, capture_output=True, text=True, timeout=300)
+    assert got.returncode == 0, got.stderr[-3000:]
+    pool = json.loads(got.stdout[got.stdout.index("["):])[0]
+    assert pool["pool"] == "slimops_benchmark" and int(pool["slots"]) == 1
+
 BUILD_CHECKS = """
     import json, os
     from datetime import datetime, timedelta, timezone

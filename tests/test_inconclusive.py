@@ -79,24 +79,3 @@ def test_bad_retry_options_are_bad_input(tmp_path, digits_onnx, digits_trained, 
                    option, value)
     line = assert_bad_input(done.returncode, done.stderr, out)
     assert says in line and option in line, line
-
-
-def test_the_local_runner_retries_an_inconclusive_gate_and_never_promotes(tmp_path):
-    """`slimops run` through the same loop: the recipe's retry_inconclusive, then exit 4; register never runs."""
-    import yaml
-
-    recipe = write_digits_recipe(tmp_path / "recipe.yaml", gate={"max_metric_drop": 100.0, "min_speedup": 0.01,
-                                                                "max_timing_spread": 0.0},
-                                 extra_steps=[{"step": "register", "config": {"name": "tiny"}}])
-    text = yaml.safe_load(recipe.read_text())
-    text["retry_inconclusive"] = {"retries": 1, "backoff_s": 0}
-    recipe.write_text(yaml.safe_dump(text, sort_keys=False))
-    run_dir = tmp_path / "run"
-    done = run_cli("run", recipe, "--out", run_dir)
-    assert done.returncode == 4, done.stderr[-3000:]
-    summary = json.loads((run_dir / "run.json").read_text())
-    validate_record = next(s for s in summary["steps"] if s["step"] == "validate")
-    assert validate_record["attempts"] == 2
-    assert summary["gate"]["verdict"] == "inconclusive" and summary["exit_code"] == 4
-    assert [s["step"] for s in summary["steps"]] == ["train", "export", "quantize", "validate"]
-    assert not (run_dir / "steps" / "register").exists()
