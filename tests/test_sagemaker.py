@@ -390,7 +390,7 @@ def test_an_inconclusive_gate_retries_in_its_job_then_fails_the_step(tmp_path, m
     validate step and the condition (register or fail) never runs."""
     root = tmp_path / "container" / "opt" / "ml" / "processing"
     monkeypatch.setenv(PROCESSING_ROOT_ENV, str(root))
-    recipe = write_recipe(tmp_path / "inconclusive.yaml", timing={"rounds": 2, "latency_runs": 5,
+    recipe = write_recipe(tmp_path / "inconclusive.yaml", timing={"rounds": 4, "latency_runs": 5,
                                                                   "throughput_samples": 64},
                           gate={"max_metric_drop": 100.0, "min_speedup": 0.01, "max_timing_spread": 0.0})
     text = yaml.safe_load(recipe.read_text())

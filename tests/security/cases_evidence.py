@@ -75,13 +75,22 @@ def metrics_faked(model: Path) -> None:
 
 
 def everything_forged(model: Path) -> None:
-    """A careful forger: a self-consistent report, and the validate manifest rewritten to match it (verdict,
-    policy, metrics and the report's sha256). Only a signature (``$SLIMOPS_GATE_KEY``) can catch this."""
-    policy_loosened(model)
+    """A careful forger: every rule loosened and every sign of a noisy timing removed, the checks recomputed with
+    slimops' own gate code (a self-consistent passing report), and the validate manifest rewritten to match it
+    (verdict, policy, metrics and the report's sha256). Only a signature (``$SLIMOPS_GATE_KEY``) can catch this."""
+    from slimops.gate import GatePolicy, check, reasons, verdict
+
+    def forge(report):
+        report["policy"].update(max_metric_drop=1000.0, max_size_ratio=10.0, min_speedup=None, max_timing_spread=1e9)
+        report["metrics"]["timing"]["contention"] = []
+        rows = check(GatePolicy.model_validate(report["policy"]), report["metrics"])
+        assert verdict(rows) == "pass", rows
+        report.update(checks=rows, passed=True, verdict="pass", reasons=reasons(rows))
+    edit_json(model / "gate_report.json", forge)
     report = json.loads((model / "gate_report.json").read_text())
 
     def change(manifest):
-        manifest["gate"] = {"passed": True, "reasons": []}
+        manifest["gate"] = {"passed": True, "reasons": [], "verdict": "pass"}
         manifest["config"]["gate"] = report["policy"]
         manifest["metrics"] = report["metrics"]
         manifest["outputs"]["gate_report.json"] = _sha(model / "gate_report.json")

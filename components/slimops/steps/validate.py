@@ -24,8 +24,8 @@ class ValidateConfig(StepConfig):
     data: DataSpec = Field(description="evaluation data (both models see exactly this)")
     batch_size: int = Field(32, ge=1, description="batch size for the metric and the throughput measurement")
     throughput_samples: int = Field(128, ge=1, description="examples timed per round (the first N of the data)")
-    rounds: int = Field(20, ge=1, le=500, description="short alternating timing rounds; the median and a bootstrap "
-                        "interval over them are reported")
+    rounds: int = Field(20, ge=1, le=500, description="short alternating timing rounds (AB, BA, ...; odd "
+                        "counts get one more); the speedup and its bootstrap interval come from AB+BA pairs")
     latency_runs: int = Field(100, ge=5, description="batch-1 requests per model for p50/p95")
     measure_memory: bool = Field(True, description="peak RSS of each model, measured in a fresh process")
     gate: GatePolicy = Field(default_factory=GatePolicy, description="the pass/fail policy")
@@ -80,6 +80,10 @@ class Validate(Step):
         fid = fidelity(outputs["baseline"], outputs["candidate"], candidate_info.task)
         drop = drop_interval(outputs["baseline"], outputs["candidate"], dataset, config.gate.confidence or 0.95)
         warnings = sample_size_warnings(drop, config.gate.max_metric_drop)
+        pairs = speed["timing"]["rounds"] // 2
+        if pairs < 5 and config.gate.min_speedup is not None:
+            warnings.append(f"only {pairs} AB+BA timing pair{'s' * (pairs != 1)}: the speedup's interval from so few "
+                            "is rough (one pair gives none); use rounds of at least 10")
         metrics = {
             "metric": name,
             "baseline_metric": base,
