@@ -11,6 +11,7 @@ first (its step cache makes a rerun cheap). Prints a table; with --write, update
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -59,6 +60,8 @@ def main() -> int:
 
     result = run_recipe(RECIPE, Path(args.run_dir))
     steps = {r["id"]: Path(r["out"]) for r in result.summary["steps"]}
+    decisions = gate_decisions(result.summary["steps"])
+    print("\n".join(decisions))
     if "quantize" not in steps:
         print(f"the chain stopped before quantize (gate at {result.summary['gate']['step']}); see "
               f"{result.run_dir / 'report.md'}", file=sys.stderr)
@@ -101,7 +104,7 @@ def main() -> int:
     print(training)
     print(verdict)
     if args.write:
-        write(Path(args.write), table, training, verdict, result, len(layers))
+        write(Path(args.write), table, training, verdict, result, len(layers), decisions)
     return 0
 
 
@@ -115,7 +118,29 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write(path: Path, table: str, training: str, verdict: str, result, num_layers: int) -> None:
+def gate_decisions(records: list[dict]) -> list[str]:
+    """Each validate step's dev decision, from its own gate_report.json: verdict, drop and speedup with intervals."""
+    lines = []
+    for record in records:
+        report_path = Path(record["out"]) / "gate_report.json"
+        if record["step"] != "validate" or not report_path.is_file():
+            continue
+        report = json.loads(report_path.read_text())
+        m, policy = report["metrics"], report["policy"]
+        level = f"{100 * (policy.get('confidence') or 0.95):g}%"
+        drop_rule = (f"limit {policy['max_metric_drop']:g}, judged by the interval's upper end"
+                     if policy.get("confidence") else f"limit {policy['max_metric_drop']:g}, judged by the point value")
+        speed = (f"; speedup {m['speedup']:.2f}x, {level} interval [{m['speedup_ci'][0]:.2f}, {m['speedup_ci'][1]:.2f}] "
+                 f"(limit {policy['min_speedup']:g})" if policy.get("min_speedup") else "")
+        lines.append(f"gate `{record['id']}` on {m.get('examples', '?')} STS-B dev pairs: **{report['verdict']}**; "
+                     f"Spearman drop {m['metric_drop']:.2f} points, {level} paired-bootstrap interval "
+                     f"[{m['metric_drop_ci'][0]:.2f}, {m['metric_drop_ci'][1]:.2f}] ({drop_rule}){speed}"
+                     + (f"; reasons: {'; '.join(report['reasons'])}" if report["reasons"] else ""))
+    return lines
+
+
+def write(path: Path, table: str, training: str, verdict: str, result, num_layers: int,
+          decisions: list[str]) -> None:
     command = COMMAND if result.run_dir == ROOT / "runs" / "minilm-distill" else f"{COMMAND} --run-dir {result.run_dir}"
     write_section(path, "minilm-chain", "\n".join([
         f"## Distillation chain: all-MiniLM-L6-v2 → {num_layers}-layer student → INT8 (examples/minilm-distill.yaml)",
@@ -130,6 +155,7 @@ def write(path: Path, table: str, training: str, verdict: str, result, num_layer
         "size = model files on disk.",
         f"- {training[0].upper() + training[1:]}.",
         f"- {verdict}; report: `{result.run_dir / 'report.md'}`.",
+        *(f"- Dev decision, {line}." for line in decisions),
         f"- Libraries: {_versions()}",
         "",
         table,

@@ -299,3 +299,29 @@ def test_baseline_champion_bad_input_is_one_line_with_the_recipe_line(tmp_path, 
     for word in words:
         assert word in err, err
     assert not out.exists()
+
+
+def readme_champion_steps() -> list[dict]:
+    """The README's `baseline: champion` example, as a user copies it."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("```yaml\n", readme.index("**Promote only what beats the model serving now.**")) + len("```yaml\n")
+    return yaml.safe_load(readme[start:readme.index("```", start)])["steps"]
+
+
+def test_the_readme_champion_example_promotes_then_gates_the_next_run_against_the_champion(tmp_path, monkeypatch):
+    """The README's steps under the digits example's model and data, run twice on one shared registry: the first
+    run has no champion and compares against the source; the second compares against the first's champion."""
+    from slimops.registry import CHAMPION
+
+    recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "digits-pipeline.yaml").read_text())
+    recipe["steps"] = readme_champion_steps()
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    registry_dir = tmp_path / "registry"
+    monkeypatch.setenv("SLIMOPS_REGISTRY_DIR", str(registry_dir))
+    for run in ("first", "second"):
+        done = run_cli("run", tmp_path / "recipe.yaml", "--out", tmp_path / run)
+        assert done.returncode == 0, done.stderr[-3000:]
+    first, second = gate_report(tmp_path / "first"), gate_report(tmp_path / "second")
+    assert first["baseline"]["kind"] == "source" and "no champion for digits-classifier yet" in first["baseline"]["note"]
+    assert second["baseline"]["kind"] == "champion" and second["baseline"]["version"] == "1"
+    assert open_registry(registry_dir).alias("digits-classifier", CHAMPION) == "2"
