@@ -26,9 +26,10 @@ FAST_VALIDATE = {"data": {"format": "digits", "split": "test", "limit": 120}, "m
 KSERVE = {"type": "kserve", "storage_uri": "s3://models/digits", "gpus": 1,
           "gpu_node_selector": {"nvidia.com/gpu.product": "NVIDIA-L4"}}
 AZURE = {"type": "azureml", "subscription_id": "00000000-0000-0000-0000-000000000000", "resource_group": "rg",
-         "workspace": "ws", "location": "westeurope", "instance_type": "Standard_NC4as_T4_v3"}
+         "workspace": "ws", "location": "westeurope", "instance_type": "Standard_NC4as_T4_v3",
+         "image_uri": "myregistry.azurecr.io/slimops:0.1.0"}
 VERTEX = {"type": "vertex", "project": "my-project", "bucket": "models", "image_uri":
-          "us-docker.pkg.dev/my-project/serving/tritonserver:24.09-py3"}
+          "us-docker.pkg.dev/my-project/ml/slimops:0.1.0"}
 SAGEMAKER = {"type": "sagemaker", "region": "us-east-1", "bucket": "b", "role_arn":
              "arn:aws:iam::123456789012:role/x", "image_uri": "img", "instance_type": "ml.g5.xlarge"}
 
@@ -147,7 +148,17 @@ def test_azure_request_bodies_and_call_order():
         ("endpoint", {new: 100}, {}),
         ("delete", "d-old", "minilm-sts"),
     ]
+    # The environment the deployment runs: the slimops image with the routes `slimops serve --platform azureml`
+    # answers (Azure ML's inference server's own: port 5001, "/" and "/score").
+    assert [b["op"] for b in bodies] == ["create_environment", "create_deployment", "set_traffic", "set_traffic",
+                                         "set_traffic"]
+    environment = bodies.pop(0)["body"]["properties"]
+    assert environment["image"] == AZURE["image_uri"]
+    assert environment["inferenceConfig"] == {"livenessRoute": {"port": 5001, "path": "/"},
+                                              "readinessRoute": {"port": 5001, "path": "/"},
+                                              "scoringRoute": {"port": 5001, "path": "/score"}}
     deployment = bodies[0]["body"]
+    assert deployment["properties"]["environmentVariables"] == {"SLIMOPS_SERVE_PLATFORM": "azureml"}
     assert deployment["location"] == "westeurope"
     assert deployment["properties"]["model"] == model_ref
     assert deployment["properties"]["instanceType"] == "Standard_NC4as_T4_v3"
@@ -174,14 +185,13 @@ def test_azure_traffic_maps_are_checked_because_the_sdk_does_not():
         az.check_traffic({"a": 90, "b": 10}, {"b": 20})
 
 
-def test_azure_model_is_a_triton_model_asset(tmp_path, validated):
+def test_azure_model_is_the_validated_directory_as_a_custom_model_asset(validated):
     from slimops.deploy import azureml as az
-    from slimops.deploy import write_model_repository
 
-    repo = write_model_repository(validated, "model.onnx", "digits", tmp_path / "repo")
-    model = az.model_entity(repo, "digits-abc", "1", {"slimops:model": "abc"})
-    assert model.type == "triton_model" and Path(model.path) == repo
-    assert (repo / "digits" / "1" / "model.onnx").is_file()
+    model = az.model_entity(validated, "digits-abc", "1", {"slimops:model": "abc"})
+    assert model.type == "custom_model" and Path(model.path) == validated
+    # Azure ML mounts it as $AZUREML_MODEL_DIR/<folder name>, which slimops serve finds (test_serving_contracts).
+    assert (Path(model.path) / "model.onnx").is_file() and (Path(model.path) / "manifest.json").is_file()
 
 
 # ----------------------------------------------------------------------------- Vertex AI
@@ -205,6 +215,12 @@ def test_vertex_gpu_rollout_requests():
     assert isinstance(upload, v1.UploadModelRequest)
     assert upload.parent == "projects/my-project/locations/us-central1" and upload.model_id == ids["model"]
     assert upload.model.artifact_uri == "gs://models/x" and upload.model.container_spec.image_uri == VERTEX["image_uri"]
+    # The slimops image in its Vertex mode: `slimops serve`, port 8080, the routes it answers.
+    container = upload.model.container_spec
+    assert list(container.args) == ["serve"] and not container.command
+    assert [(e.name, e.value) for e in container.env] == [("SLIMOPS_SERVE_PLATFORM", "vertex")]
+    assert [p.container_port for p in container.ports] == [8080]
+    assert (container.health_route, container.predict_route) == ("/health", "/predict")
     deploy = requests[1][1]
     assert isinstance(deploy, v1.DeployModelRequest)
     assert deploy.endpoint == f"projects/my-project/locations/us-central1/endpoints/{ids['endpoint']}"
@@ -244,6 +260,8 @@ def test_vertex_tpu_machine_and_first_deploy():
      "'Standard_NC6s_v3' is not a SageMaker real-time instance type"),
     ({"name": "digits", "target": {**AZURE, "instance_type": "ml.g5.xlarge"}},
      "'ml.g5.xlarge' is not a managed online endpoint SKU"),
+    ({"name": "digits", "target": {k: v for k, v in AZURE.items() if k != "image_uri"}},
+     "target.image_uri is missing: Azure ML runs the slimops image"),
     ({"name": "digits", "target": {**VERTEX, "machine_type": "g2-standard-8", "accelerator_type": "NVIDIA_TESLA_T4"}},
      "g2-standard-8 takes accelerator_type NVIDIA_L4"),
     ({"name": "digits", "target": KSERVE, "rollout": {"canary": {"challenger": 20, "champion": 70}}},
@@ -291,12 +309,15 @@ def test_a_model_without_a_gate_report_exits_3(tmp_path, digits_onnx):
 
 def test_a_failed_gate_exits_3(tmp_path, digits_onnx, validated):
     failed = tmp_path / "failed"
-    outcome = run_step("validate", digits_onnx, failed, {**FAST_VALIDATE, "gate": {"min_speedup": 1000.0}},
+    # A size rule: the same model as its own baseline has a size ratio of 1, a verdict timing noise cannot blur
+    # (a speed rule can come out inconclusive on a busy machine).
+    outcome = run_step("validate", digits_onnx, failed,
+                       {**FAST_VALIDATE, "gate": {"min_speedup": None, "max_size_ratio": 0.5}},
                        inputs={"baseline": digits_onnx}, threads=1)
     assert outcome.status == "gate_failed" and outcome.passed is False
     out = tmp_path / "deployed"
     done = deploy_cli(failed, out, {"name": "digits", "target": KSERVE})
-    assert done.returncode == 3 and "the gate failed (speedup" in done.stderr, done.stderr
+    assert done.returncode == 3 and "the gate failed (size" in done.stderr, done.stderr
     assert not out.exists() and tmp_siblings(out) == []
 
 

@@ -35,7 +35,7 @@ from slimops.deploy import sagemaker as sm  # noqa: E402
 
 REGION = "us-east-1"
 ROLE = "arn:aws:iam::123456789012:role/slimops-sagemaker"
-IMAGE = "785573368785.dkr.ecr.us-east-1.amazonaws.com/sagemaker-tritonserver:24.09-py3"
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/slimops:0.1.0"  # the slimops image, pushed to ECR
 MOTO_GPU = "ml.g4dn.xlarge"  # moto's enum has no ml.g5.*
 FAST_VALIDATE = {"data": {"format": "digits", "split": "test", "limit": 120}, "measure_memory": False,
                  "latency_runs": 5, "rounds": 2, "throughput_samples": 64,
@@ -116,23 +116,24 @@ def test_first_deploy_creates_model_config_endpoint_and_uploads_the_artifact(tmp
     model = sagemaker.describe_model(ModelName=name)
     key = f"slimops/digits/{model_id}/model.tar.gz"
     assert model["PrimaryContainer"]["ModelDataUrl"] == f"s3://artifacts-create/{key}"
-    assert model["PrimaryContainer"]["Environment"] == {"SAGEMAKER_TRITON_DEFAULT_MODEL_NAME": "digits"}
+    # The slimops image in its SageMaker mode (SageMaker starts it as `<image> serve`), no network needed.
+    assert model["PrimaryContainer"]["Image"] == IMAGE
+    assert model["PrimaryContainer"]["Environment"] == {"SLIMOPS_SERVE_PLATFORM": "sagemaker"}
     config = sagemaker.describe_endpoint_config(EndpointConfigName=name)
     assert [(v["VariantName"], v["ModelName"], v["InstanceType"]) for v in config["ProductionVariants"]] == [
         ("primary", name, MOTO_GPU)]
     endpoint = sagemaker.describe_endpoint(EndpointName="digits")
     assert endpoint["EndpointStatus"] == "InService" and endpoint["EndpointConfigName"] == name
 
-    # The uploaded artifact is a Triton model repository holding exactly the validated files.
+    # The uploaded artifact is the validated model directory, its files at the root (SageMaker unpacks it into
+    # /opt/ml/model, where `slimops serve` reads it: tests/test_serving_contracts.py serves this very layout).
     body = s3.get_object(Bucket="artifacts-create", Key=key)
     data = body["Body"].read()
     assert body["Metadata"]["sha256"] == hashlib.sha256(data).hexdigest()
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        members = {m.name: m for m in tar.getmembers()}
-        assert 'backend: "onnxruntime"' in tar.extractfile("digits/config.pbtxt").read().decode()
-        uploaded = tar.extractfile("digits/1/model.onnx").read()
-    assert uploaded == (validated / "model.onnx").read_bytes()
-    assert "digits/gate_report.json" in members and "digits/manifest.json" in members
+        files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    assert files == {p.relative_to(validated).as_posix(): p.read_bytes() for p in validated.rglob("*") if p.is_file()}
+    assert {"model.onnx", "manifest.json", "gate_report.json"} <= set(files)
     tfvars = json.loads((tmp_path / "deployed" / "terraform.tfvars.json").read_text())
     assert tfvars["model_name"] == name and tfvars["model_data_url"] == f"s3://artifacts-create/{key}"
 

@@ -29,8 +29,9 @@ LOCK_FILE=${SLIMOPS_IMAGE_LOCK:-$REPO/components/slimops/image.json}
 CONSTRAINTS=${SLIMOPS_CONSTRAINTS:-$REPO/infra/constraints.txt}
 
 # Extras baked into the image: kfp so KFP's Python components run on it (install_kfp_package=False), registry
-# (mlflow) so register/promote run inside a task. Empty for the core alone.
-IMAGE_EXTRAS=${SLIMOPS_IMAGE_EXTRAS-kfp,registry}
+# (mlflow) so register/promote run inside a task, serve (starlette, uvicorn) for `slimops serve` on the hosting
+# platforms. Empty for the core alone.
+IMAGE_EXTRAS=${SLIMOPS_IMAGE_EXTRAS-kfp,registry,serve}
 
 BASE_TAR=$BUILD_DIR/base/bookworm-minbase.tar
 WHEELHOUSE=$BUILD_DIR/wheelhouse

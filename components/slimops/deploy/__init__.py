@@ -5,8 +5,13 @@ before calling it and writes ``deployment.json`` after. Cloud SDKs are imported 
 that needs them, and only when that target runs.
 
 What every target shares lives here: the rollout policy (canary / linear / all at once), the traffic-split
-checks, deterministic resource names, and the serving artifact (a Triton model repository, so one ONNX model
-directory serves unchanged on SageMaker, Azure ML, Vertex AI and KServe over the same Open Inference Protocol).
+checks, deterministic resource names, and the serving artifacts:
+
+- SageMaker, Azure ML and Vertex AI run the slimops image itself in its serving mode (``slimops serve``, which
+  meets each platform's container contract: slimops.serving.platforms). The artifact is the validated model
+  directory as it is (ONNX model, tokenizer, manifest, gate report); ``serving_container`` says how each
+  platform starts the image.
+- KServe runs Triton over the Open Inference Protocol: the artifact is a Triton model repository.
 """
 
 from __future__ import annotations
@@ -123,11 +128,45 @@ def require_sdk(module: str, extra: str):
                        f"pip install 'slimops[{extra}]'") from None
 
 
-# ----------------------------------------------------------------------------- serving artifact
+# ----------------------------------------------------------------------------- serving artifacts
+
+SERVE_ARGS = ("serve",)  # the image's entrypoint is `slimops`: the container runs `slimops serve`
+
+
+def serving_environment(platform: str) -> dict[str, str]:
+    """The container environment that puts ``slimops serve`` in ``platform``'s mode (auto detection would find
+    it too: this makes it explicit)."""
+    from slimops.serving.platforms import PLATFORM_ENV
+
+    return {PLATFORM_ENV: platform}
+
+
+def model_files(model_dir: Path) -> list[tuple[str, Path]]:
+    """Every file of the model directory, by its path inside it: what the serving image reads."""
+    return [(path.relative_to(model_dir).as_posix(), path) for path in sorted(Path(model_dir).rglob("*"))
+            if path.is_file()]
+
+
+def write_model_tarball(model_dir: Path, dest: Path) -> Path:
+    """model.tar.gz of the model directory, its files at the archive's root (SageMaker unpacks it into
+    /opt/ml/model), byte-identical for identical inputs (fixed mtimes and owners) so its hash, and the object
+    key derived from it, are stable across retries."""
+    def info(arcname: str, size: int) -> tarfile.TarInfo:
+        entry = tarfile.TarInfo(arcname)
+        entry.size, entry.mtime, entry.mode, entry.uid, entry.gid = size, 0, 0o644, 0, 0
+        entry.uname = entry.gname = ""
+        return entry
+
+    with open(dest, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as zipped:
+        with tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for arcname, path in model_files(model_dir):
+                with open(path, "rb") as handle:
+                    tar.addfile(info(arcname, os.path.getsize(path)), handle)
+    return dest
 
 
 def triton_layout(model_dir: Path, model_file: str, name: str) -> list[tuple[str, Path]]:
-    """Archive path -> file for a Triton model repository holding this ONNX model directory.
+    """KServe's artifact: archive path -> file for a Triton model repository holding this ONNX model directory.
 
     ``<name>/config.pbtxt`` names the ONNX Runtime backend and lets Triton read inputs and outputs from the
     graph; the model and every file beside it (external data, tokenizer) go in version ``1/`` as
@@ -155,29 +194,10 @@ def triton_config(name: str) -> bytes:
 
 
 def write_model_repository(model_dir: Path, model_file: str, name: str, dest: Path) -> Path:
-    """The same layout as the tarball, as a directory (hard links: no copy of the weights)."""
+    """The Triton model repository as a directory (hard links: no copy of the weights)."""
     for arcname, path in triton_layout(model_dir, model_file, name):
         target = dest / arcname
         target.parent.mkdir(parents=True, exist_ok=True)
         link_or_copy(path, target)
     (dest / name / "config.pbtxt").write_bytes(triton_config(name))
-    return dest
-
-
-def write_model_tarball(model_dir: Path, model_file: str, name: str, dest: Path) -> Path:
-    """model.tar.gz of the Triton repository, byte-identical for identical inputs (fixed mtimes and owners)
-    so its hash, and the object key derived from it, are stable across retries."""
-    def info(arcname: str, size: int, mode: int = 0o644) -> tarfile.TarInfo:
-        entry = tarfile.TarInfo(arcname)
-        entry.size, entry.mtime, entry.mode, entry.uid, entry.gid = size, 0, mode, 0, 0
-        entry.uname = entry.gname = ""
-        return entry
-
-    config = triton_config(name)
-    with open(dest, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as zipped:
-        with tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            tar.addfile(info(f"{name}/config.pbtxt", len(config)), io.BytesIO(config))
-            for arcname, path in triton_layout(model_dir, model_file, name):
-                with open(path, "rb") as handle:
-                    tar.addfile(info(arcname, os.path.getsize(path)), handle)
     return dest

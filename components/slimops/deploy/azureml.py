@@ -2,8 +2,10 @@
 
 The new model becomes a deployment of the endpoint at 0% traffic (optionally receiving a mirror copy of
 live requests), then takes the canary share, then 100%; the deployment it replaced is deleted. The model is
-registered as a ``triton_model`` asset: Azure ML serves Triton models without a scoring script or
-environment, over the same v2 inference protocol as the local endpoint and KServe.
+registered as a ``custom_model`` asset (the validated model directory as it is), and each deployment runs the
+slimops image as a custom container: an environment with the image and its ``inference_config`` (liveness,
+readiness and scoring routes on port 5001, slimops.serving.platforms.AZUREML_ROUTES), the container started
+with ``slimops serve`` and ``SLIMOPS_SERVE_PLATFORM=azureml``, the model under ``$AZUREML_MODEL_DIR``.
 
 ``AzureMLHook`` wraps the few MLClient calls the rollout makes; ``plan_rollout`` is pure: it returns the
 sequence of endpoint traffic maps and deployment operations, so the sequence can be read (and tested)
@@ -21,8 +23,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from slimops.deploy import (MAX_CANARY_PERCENT, Deployed, Rollout, TargetConfig, missing_credentials, require_sdk,
-                            resource_name, write_model_repository, write_tfvars)
+from slimops.deploy import (MAX_CANARY_PERCENT, Deployed, Rollout, TargetConfig, missing_credentials,
+                            require_sdk, resource_name, serving_environment, write_tfvars)
 from slimops.manifest import write_json_atomic
 from slimops.errors import BadInput
 
@@ -51,6 +53,9 @@ class AzureMLTarget(TargetConfig):
     resource_group: str
     workspace: str
     location: str = Field(description="Azure region of the workspace, e.g. westeurope")
+    image_uri: str | None = Field(None, description="required to deploy: the slimops image (infra/container, built "
+                                                    "with the serve extra) in a registry the workspace pulls from, "
+                                                    "e.g. <acr>.azurecr.io/slimops:0.1.0")
     instance_type: str = Field("Standard_NC4as_T4_v3", description="managed online endpoint SKU")
     instance_count: int = Field(1, ge=1, le=100)
     mirror_percent: int = Field(0, ge=0, le=MAX_CANARY_PERCENT,
@@ -124,20 +129,45 @@ def endpoint_entity(name: str, traffic: dict[str, int], mirror: dict[str, int], 
                                  tags=tags)
 
 
+def inference_config() -> dict:
+    """The custom container's routes, as Azure ML's environment ``inference_config`` declares them: the values
+    ``slimops serve --platform azureml`` answers."""
+    from slimops.serving.platforms import AZUREML_ROUTES
+
+    port = AZUREML_ROUTES["port"]
+    return {"liveness_route": {"port": port, "path": AZUREML_ROUTES["liveness"]},
+            "readiness_route": {"port": port, "path": AZUREML_ROUTES["readiness"]},
+            "scoring_route": {"port": port, "path": AZUREML_ROUTES["predict"]}}
+
+
+def environment_entity(target: AzureMLTarget):
+    """The slimops image as an inline (anonymous) environment of the deployment, with its routes."""
+    from azure.ai.ml.entities import Environment
+
+    return Environment(image=target.image_uri, inference_config=inference_config(),
+                       description="slimops serve (custom container)")
+
+
 def deployment_entity(target: AzureMLTarget, endpoint: str, deployment: str, model_id: str, tags: dict):
     from azure.ai.ml.entities import ManagedOnlineDeployment
 
-    return ManagedOnlineDeployment(name=deployment, endpoint_name=endpoint, model=model_id,
-                                   instance_type=target.instance_type, instance_count=target.instance_count,
-                                   tags=tags)
+    # Azure ML runs the image's own entrypoint and command (`slimops serve`: infra/container/Containerfile)
+    # and sets AZUREML_MODEL_DIR to where it mounted the model; the variable below makes the mode explicit.
+    deployment = ManagedOnlineDeployment(name=deployment, endpoint_name=endpoint, model=model_id,
+                                         environment=environment_entity(target),
+                                         environment_variables=serving_environment("azureml"),
+                                         instance_type=target.instance_type, instance_count=target.instance_count,
+                                         tags=tags)
+    return deployment
 
 
-def model_entity(repository: Path, name: str, version: str, tags: dict):
+def model_entity(model_dir: Path, name: str, version: str, tags: dict):
     from azure.ai.ml.constants import AssetTypes
     from azure.ai.ml.entities import Model
 
-    return Model(path=str(repository), type=AssetTypes.TRITON_MODEL, name=name, version=version, tags=tags,
-                 description="slimops: validated model (gate report and manifest inside)")
+    return Model(path=str(model_dir), type=AssetTypes.CUSTOM_MODEL, name=name, version=version, tags=tags,
+                 description="slimops: validated model directory (gate report and manifest inside), served by "
+                             "the slimops image")
 
 
 class AzureMLHook:
@@ -217,14 +247,16 @@ def terraform_variables(target: AzureMLTarget, rollout: Rollout, endpoint: str, 
 
 def deploy(target: AzureMLTarget, rollout: Rollout, name: str, model_id: str, model_dir: Path, model_file: str,
            out_dir: Path) -> Deployed:
-    """Register the Triton model, then create or update the endpoint's deployments and traffic; the request bodies
+    """Register the model directory, then create or update the endpoint's deployments and traffic; the request bodies
     go to ``out_dir/requests/azureml.json``, the Terraform values to ``out_dir/terraform.tfvars.json``."""
+    if not target.image_uri:
+        raise BadInput("target.image_uri is missing: Azure ML runs the slimops image as the deployment's custom "
+                       "container; push it (infra/container) and give its reference. Nothing was created")
     hook = AzureMLHook(target)
     hook.check_credentials()
     resources = names(name, model_id)
-    repository = write_model_repository(model_dir, model_file, name, out_dir / "model_repository")
     tags = {"slimops:model": model_id}
-    model_ref, created = hook.ensure_model(model_entity(repository, resources["model"], resources["version"], tags))
+    model_ref, created = hook.ensure_model(model_entity(model_dir, resources["model"], resources["version"], tags))
     actions = [{"action": "created" if created else "reused", "kind": "model", "name": model_ref}]
     details = {"endpoint": resources["endpoint"], "deployment": resources["deployment"]}
 
@@ -264,6 +296,9 @@ def execute_operations(hook, target: AzureMLTarget, resources: dict, ops: list[d
             actions.append({"action": "created", "kind": "endpoint", "name": resources["endpoint"]})
         elif op["op"] == "create_deployment":
             entity = deployment_entity(target, resources["endpoint"], op["deployment"], model_ref, tags)
+            # The SDK registers the inline environment first (an anonymous environment version: the image and its
+            # routes), then sends the deployment naming it: both bodies are recorded.
+            bodies.append({"op": "create_environment", "body": entity.environment._to_rest_object().as_dict()})
             bodies.append({"op": op["op"], "body": entity._to_rest_object(target.location).as_dict()})
             hook.create_or_update_deployment(entity)
             actions.append({"action": "created", "kind": "deployment", "name": op["deployment"]})

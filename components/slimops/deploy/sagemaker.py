@@ -1,5 +1,9 @@
 """SageMaker real-time endpoint through boto3 (extra ``slimops[aws]``).
 
+The model is the slimops image in its SageMaker serving mode: SageMaker runs ``<image> serve`` (the image's
+entrypoint is ``slimops``), with ``SLIMOPS_SERVE_PLATFORM=sagemaker``, the validated model directory unpacked
+from model.tar.gz into /opt/ml/model, ``GET /ping`` and ``POST /invocations`` on port 8080.
+
 ``SageMakerHook`` is the only code that talks to AWS. ``roll_out`` decides what to call:
 
 - no endpoint yet: model, endpoint config (one variant), endpoint;
@@ -26,7 +30,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from slimops.deploy import (Deployed, Rollout, TargetConfig, missing_credentials, require_sdk, resource_name,
-                            write_model_tarball, write_tfvars)
+                            serving_environment, write_model_tarball, write_tfvars)
 from slimops.errors import BadInput, GateFailed, SlimopsError
 
 # GPU families among SageMaker's real-time instance types (the list itself comes from botocore's API model).
@@ -54,7 +58,8 @@ class SageMakerTarget(TargetConfig):
     bucket: str = Field(description="S3 bucket for model.tar.gz (terraform/modules/sagemaker-endpoint makes one)")
     prefix: str = Field("slimops", description="S3 key prefix")
     role_arn: str = Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+", description="SageMaker execution role")
-    image_uri: str = Field(description="serving image; a Triton image (the artifact is a Triton model repository)")
+    image_uri: str = Field(description="the slimops image in ECR (infra/container; built with the serve extra): "
+                                       "SageMaker starts it as `<image> serve`")
     instance_type: str = Field("ml.g5.xlarge", description="production variant instance type")
     instance_count: int = Field(1, ge=1, le=100)
     max_instance_count: int = Field(4, ge=1, le=100, description="autoscaling ceiling (terraform module)")
@@ -223,10 +228,16 @@ def ensure_model(hook: SageMakerHook, target: SageMakerTarget, plan: Plan) -> No
         return
     hook.sm.create_model(
         ModelName=plan.model, ExecutionRoleArn=target.role_arn,
-        PrimaryContainer={"Image": target.image_uri, "ModelDataUrl": plan.model_data_url,
-                          "Environment": {"SAGEMAKER_TRITON_DEFAULT_MODEL_NAME": plan.triton_name}},
+        PrimaryContainer=container_definition(target.image_uri, plan.model_data_url),
+        EnableNetworkIsolation=True,  # slimops serve reads /opt/ml/model and listens: it needs no network
         Tags=[{"Key": "slimops:endpoint", "Value": plan.endpoint}])
     plan.did("created", "model", plan.model)
+
+
+def container_definition(image_uri: str, model_data_url: str) -> dict:
+    """CreateModel's PrimaryContainer: the slimops image, which SageMaker starts as ``<image> serve`` (no field
+    sets arguments: SageMaker always passes ``serve``), with the model unpacked into /opt/ml/model."""
+    return {"Image": image_uri, "ModelDataUrl": model_data_url, "Environment": serving_environment("sagemaker")}
 
 
 def variant(target: SageMakerTarget, name: str, model: str, weight: float, instance_type: str | None = None,
@@ -425,6 +436,8 @@ def terraform_variables(target: SageMakerTarget, rollout: Rollout, plan: Plan) -
         "region": target.region,
         "image_uri": target.image_uri,
         "model_data_url": plan.model_data_url,
+        # The module still declares this Triton variable; the slimops image ignores the env var it becomes, and
+        # finds its SageMaker mode by itself (/opt/ml/model), so a module-made endpoint serves the same way.
         "triton_model_name": plan.triton_name,
         "instance_type": target.instance_type,
         "instance_count": target.instance_count,
@@ -443,7 +456,7 @@ def terraform_variables(target: SageMakerTarget, rollout: Rollout, plan: Plan) -
 
 def deploy(target: SageMakerTarget, rollout: Rollout, name: str, model_id: str, model_dir: Path, model_file: str,
            out_dir: Path) -> Deployed:
-    """Preflight, upload the Triton model tarball, roll out; ``terraform.tfvars.json`` goes into ``out_dir``."""
+    """Preflight, upload the model tarball, roll out; ``terraform.tfvars.json`` goes into ``out_dir``."""
     hook = SageMakerHook(target.region, target.profile)
     hook.check_credentials()
     preflight(hook, target)
@@ -451,7 +464,7 @@ def deploy(target: SageMakerTarget, rollout: Rollout, name: str, model_id: str, 
     key = f"{target.prefix}/{name}/{model_id}/model.tar.gz"
     plan = Plan.build(name, model_id, f"s3://{target.bucket}/{key}")
     with tempfile.TemporaryDirectory(prefix="slimops-deploy-") as tmp:
-        tarball = write_model_tarball(model_dir, model_file, plan.triton_name, Path(tmp) / "model.tar.gz")
+        tarball = write_model_tarball(model_dir, Path(tmp) / "model.tar.gz")
         upload_artifact(hook, tarball, target.bucket, key, target.kms_key_id, plan)
     endpoint = roll_out(hook, target, rollout, plan)
     record = {"actions": plan.actions, "traffic": plan.traffic,

@@ -1,7 +1,8 @@
 """Vertex AI endpoint on GPU or TPU machines (extra ``slimops[gcp]``, google-cloud-aiplatform).
 
-The step builds the real ``aiplatform_v1`` request objects: UploadModelRequest (the Triton model repository
-in Cloud Storage, served by a Triton container), CreateEndpointRequest, DeployModelRequest with dedicated
+The step builds the real ``aiplatform_v1`` request objects: UploadModelRequest (the validated model directory
+in Cloud Storage, served by the slimops image: args ``serve``, ``SLIMOPS_SERVE_PLATFORM=vertex``, port 8080,
+predict route ``/predict``, health route ``/health``), CreateEndpointRequest, DeployModelRequest with dedicated
 resources (machine type, accelerator type and count; TPU v5e/v6e machine types carry their chips) and a
 traffic split, then the traffic updates and the UndeployModelRequest of the replaced model.
 ``VertexHook`` is the only code that sends them.
@@ -18,8 +19,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from slimops.deploy import (Deployed, Rollout, TargetConfig, missing_credentials, require_sdk, resource_name,
-                            write_model_repository, write_tfvars)
+from slimops.deploy import (SERVE_ARGS, Deployed, Rollout, TargetConfig, missing_credentials, model_files,
+                            require_sdk, resource_name, serving_environment, write_tfvars)
 from slimops.errors import BadInput
 
 # machine type pattern -> (accelerator type, allowed accelerator counts); None: no accelerator allowed.
@@ -43,9 +44,10 @@ class VertexTarget(TargetConfig):
     type: Literal["vertex"]
     project: str = Field(pattern=r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
     location: str = Field("us-central1", description="region, e.g. us-central1")
-    bucket: str = Field(description="Cloud Storage bucket for the model repository (the terraform module makes one)")
+    bucket: str = Field(description="Cloud Storage bucket for the model directory (the terraform module makes one)")
     prefix: str = "slimops"
-    image_uri: str = Field(description="serving container: a Triton image in Artifact Registry")
+    image_uri: str = Field(description="the slimops image (infra/container, built with the serve extra) in "
+                                       "Artifact Registry")
     machine_type: str = Field("g2-standard-8", description="GPU (n1/g2/a2/a3) or TPU (ct5lp/ct6e) machine type")
     accelerator_type: str | None = Field("NVIDIA_L4", description="GPU type; none for CPU and TPU machines")
     accelerator_count: int = Field(1, ge=0, le=16)
@@ -142,9 +144,8 @@ class VertexHook:
 
         bucket_name, _, prefix = uri.removeprefix("gs://").partition("/")
         bucket = storage.Client(project=self.target.project).bucket(bucket_name)
-        for path in sorted(source.rglob("*")):
-            if path.is_file():
-                bucket.blob(f"{prefix}/{path.relative_to(source).as_posix()}").upload_from_filename(str(path))
+        for name, path in model_files(source):
+            bucket.blob(f"{prefix}/{name}").upload_from_filename(str(path))
 
     def get_endpoint(self, name: str):
         from google.api_core.exceptions import NotFound
@@ -180,15 +181,24 @@ def ids(endpoint: str, model_id: str) -> dict:
     return {"endpoint": str(number), "model": resource_name(endpoint, model_id)}
 
 
-def upload_model_request(target: VertexTarget, model_resource_id: str, artifact_uri: str, triton_name: str):
+def container_spec(target: VertexTarget):
+    """The slimops image as Vertex AI's custom container: ``slimops serve`` in its Vertex mode, which reads
+    AIP_HTTP_PORT, AIP_HEALTH_ROUTE and AIP_PREDICT_ROUTE (Vertex AI sets them from the port and routes here)."""
     from google.cloud import aiplatform_v1 as v1
 
-    # Triton started by Vertex AI runs in its Vertex mode (AIP_MODE=PREDICTION): it loads the repository
-    # from AIP_STORAGE_URI and answers Vertex's default predict and health routes itself.
-    container = v1.ModelContainerSpec(image_uri=target.image_uri,
-                                      args=[f"--vertex-ai-default-model={triton_name}"])
-    model = v1.Model(display_name=model_resource_id, artifact_uri=artifact_uri, container_spec=container,
-                     labels={"slimops-endpoint": triton_name})
+    from slimops.serving.platforms import VERTEX_ROUTES
+
+    return v1.ModelContainerSpec(image_uri=target.image_uri, args=list(SERVE_ARGS),
+                                 env=[v1.EnvVar(name=k, value=v) for k, v in serving_environment("vertex").items()],
+                                 ports=[v1.Port(container_port=VERTEX_ROUTES["port"])],
+                                 predict_route=VERTEX_ROUTES["predict"], health_route=VERTEX_ROUTES["health"])
+
+
+def upload_model_request(target: VertexTarget, model_resource_id: str, artifact_uri: str, endpoint_name: str):
+    from google.cloud import aiplatform_v1 as v1
+
+    model = v1.Model(display_name=model_resource_id, artifact_uri=artifact_uri, container_spec=container_spec(target),
+                     labels={"slimops-endpoint": endpoint_name})
     return v1.UploadModelRequest(parent=parent(target), model_id=model_resource_id, model=model)
 
 
@@ -251,14 +261,14 @@ def deployed_id(model_id: str) -> str:
 
 
 def plan_requests(target: VertexTarget, endpoint_id: str, model_resource_id: str, new_id: str, old_id: str | None,
-                  artifact_uri: str, triton_name: str, rollout: Rollout) -> list[tuple[str, object]]:
+                  artifact_uri: str, endpoint_label: str, rollout: Rollout) -> list[tuple[str, object]]:
     """Every request of the rollout, in order, as aiplatform_v1 objects."""
     from google.cloud import aiplatform_v1 as v1
 
     endpoint_name = f"{parent(target)}/endpoints/{endpoint_id}"
     model_name = f"{parent(target)}/models/{model_resource_id}"
     requests: list[tuple[str, object]] = [("upload_model", upload_model_request(target, model_resource_id,
-                                                                                 artifact_uri, triton_name))]
+                                                                                 artifact_uri, endpoint_label))]
     if old_id is None:
         requests.append(("create_endpoint", create_endpoint_request(target, endpoint_id)))
         requests.append(("deploy_model", deploy_model_request(target, endpoint_name, model_name, new_id, {"0": 100})))
@@ -292,7 +302,7 @@ def terraform_variables(target: VertexTarget, rollout: Rollout, endpoint: str, a
 
 def deploy(target: VertexTarget, rollout: Rollout, name: str, model_id: str, model_dir: Path, model_file: str,
            out_dir: Path) -> Deployed:
-    """Upload the Triton model repository and the model, deploy it next to the one it replaces, shift traffic;
+    """Upload the model directory and register the model, deploy it next to the one it replaces, shift traffic;
     the Terraform values go to ``out_dir/terraform.tfvars.json``."""
     from google.protobuf.json_format import MessageToDict
 
@@ -318,16 +328,15 @@ def deploy(target: VertexTarget, rollout: Rollout, name: str, model_id: str, mod
                              rollout)
     if existing is not None:
         requests = [(kind, req) for kind, req in requests if kind != "create_endpoint"]
-    repository = write_model_repository(model_dir, model_file, name, out_dir / "model_repository")
     actions = []
-    execute_requests(hook, repository, artifact_uri, requests, actions, rollout.bake_seconds)
+    execute_requests(hook, model_dir, artifact_uri, requests, actions, rollout.bake_seconds)
     write_tfvars(out_dir, terraform_variables(target, rollout, name, artifact_uri))
     record = {"actions": actions, "requests": [{"call": kind, "request": MessageToDict(type(req).pb(req))}
                                                for kind, req in requests]}
     return Deployed(record, {"endpoint": endpoint_name, "machine_type": target.machine_type})
 
 
-def execute_requests(hook, repository: Path, artifact_uri: str, requests: list, actions: list[dict],
+def execute_requests(hook, model_dir: Path, artifact_uri: str, requests: list, actions: list[dict],
                      bake_seconds: int) -> None:
     """Send the requests in order, each long-running operation waited for."""
     uploaded = False
@@ -338,7 +347,7 @@ def execute_requests(hook, repository: Path, artifact_uri: str, requests: list, 
                 actions.append({"action": "reused", "kind": "model", "name": model_name})
                 continue
             if not uploaded:
-                hook.upload_directory(repository, artifact_uri)
+                hook.upload_directory(model_dir, artifact_uri)
                 uploaded = True
                 actions.append({"action": "created", "kind": "gcs_objects", "name": artifact_uri})
             hook.models.upload_model(request=request).result()

@@ -7,6 +7,9 @@
 - canary.py: the traffic split and the sliding-window SLO watch that rolls a bad challenger back
 - auth.py: the optional bearer token, required beyond loopback
 - connections.py: a deadline and a size cap on request headers (uvicorn's protocol, subclassed)
+- platforms.py: each hosting platform's container contract (SageMaker, Vertex AI, Azure ML, KServe): port,
+  health and predict routes, model directory; ``--platform`` and its auto detection
+- instances.py: the platforms' ``{"instances": [...]}`` / ``{"predictions": [...]}`` bodies as OIP requests
 - app.py: the Starlette application and ``serve()`` (uvicorn)
 
 starlette and uvicorn (extra ``slimops[serve]``) are imported only inside the functions that need them.

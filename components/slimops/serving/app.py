@@ -4,6 +4,12 @@ Routes (OIP v2): GET /v2, /v2/health/live, /v2/health/ready, /v2/models/{name}[/
 /v2/models/{name}[/versions/{v}]/ready; POST /v2/models/{name}[/versions/{v}]/infer. Extension:
 GET /v2/models/{name}/canary (the split, the SLO window and whether the canary was rolled back).
 
+Platform routes (platforms.py, ``slimops serve --platform``): the platform's health routes (GET, 200 once the
+model is loaded) and its predict route (POST), which takes an OIP v2 request (answered as ``/infer`` answers)
+or ``{"instances": [...]}`` (answered ``{"predictions": [...]}``, instances.py). It is a production route like
+``/v2/models/{name}/infer``: the canary counts it. It takes ``Content-Type: application/json`` (or none) and
+answers JSON: another Content-Type is 415, an Accept header without JSON 406.
+
 ``/v2/models/{name}/infer`` is the production route: it goes to the champion, or to the challenger for the
 canary's share. ``/versions/{v}/infer`` reaches one version directly and is not counted by the canary.
 
@@ -20,12 +26,14 @@ import sys
 import time
 from dataclasses import dataclass
 
-from slimops.serving.auth import BearerAuth
+from slimops.serving.auth import OPEN_PATHS, BearerAuth
 from slimops.serving.canary import CanaryMonitor
 from slimops.serving.connections import http_protocol
+from slimops.serving.instances import is_oip, to_oip_request, to_predictions
 from slimops.serving.limits import Limits
 from slimops.serving.model import ServedModel
 from slimops.serving.oip import RequestError, parse_json, quote
+from slimops.serving.platforms import Contract
 from slimops.serving.scheduler import Overloaded, Scheduler, TimedOut
 
 
@@ -50,7 +58,8 @@ class Endpoint:
         return "champion", self.champion
 
 
-def build_app(endpoint: Endpoint, limits: Limits = Limits(), workers: int = 2, token: str | None = None):
+def build_app(endpoint: Endpoint, limits: Limits = Limits(), workers: int = 2, token: str | None = None,
+              contract: Contract = Contract(None)):
     from slimops import __version__
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
@@ -112,6 +121,15 @@ def build_app(endpoint: Endpoint, limits: Limits = Limits(), workers: int = 2, t
         found = find(request)
         if isinstance(found, JSONResponse):
             return found
+        return await _admit_and_answer(request, found, platform=False)
+
+    async def platform_predict(request):
+        refused = _refuse_media_types(request)
+        if refused is not None:
+            return error(*refused)
+        return await _admit_and_answer(request, ("champion", endpoint.champion), platform=True)
+
+    async def _admit_and_answer(request, found: tuple[str, ServedModel], platform: bool):
         try:
             raw = await _read_body(request, limits)
         except RequestError as err:  # 408 and 413 leave the body unread: the connection cannot be reused
@@ -122,11 +140,11 @@ def build_app(endpoint: Endpoint, limits: Limits = Limits(), workers: int = 2, t
         except Overloaded as err:
             return error(503, str(err), {"Retry-After": "1"})
         try:
-            return await _answer(request, found, raw)
+            return await _answer(request, found, raw, platform)
         finally:
             scheduler.leave()
 
-    async def _answer(request, found: tuple[str, ServedModel], raw: bytes):
+    async def _answer(request, found: tuple[str, ServedModel], raw: bytes, platform: bool = False):
         try:
             body = parse_json(raw)
         except RequestError as err:
@@ -134,7 +152,10 @@ def build_app(endpoint: Endpoint, limits: Limits = Limits(), workers: int = 2, t
         direct = request.path_params.get("version") is not None
         role, model = found if direct else endpoint.route()
         started = time.perf_counter()
+        instances = platform and not is_oip(body)
         try:
+            if instances:
+                body = to_oip_request(body, model)
             arrays, requested, request_id = model.parse(body, limits)
             del body  # the parsed JSON can be many times the size of the arrays: not kept while waiting
             outputs = await scheduler.infer(model, arrays, requested)
@@ -148,6 +169,8 @@ def build_app(endpoint: Endpoint, limits: Limits = Limits(), workers: int = 2, t
             return error(500, f"model {endpoint.name} version {model.version} failed: {type(err).__name__}: "
                               f"{str(err).splitlines()[0][:300] if str(err) else ''}")
         _record(endpoint, role, direct, True, started)
+        if instances:
+            return await asyncio.to_thread(lambda: JSONResponse({"predictions": to_predictions(outputs)}))
         response = {"model_name": endpoint.name, "model_version": model.version, "outputs": outputs}
         if request_id is not None:
             response["id"] = request_id
@@ -173,11 +196,32 @@ def build_app(endpoint: Endpoint, limits: Limits = Limits(), workers: int = 2, t
         Route(versioned + "/infer", infer, methods=["POST"]),
         Route(model + "/canary", canary, methods=["GET"]),
     ]
-    middleware = [Middleware(BearerAuth, token=token)] if token else []
+    # The platform's routes go first: a platform's predict route may look like anything (Vertex AI's default
+    # is /v1/endpoints/<id>/deployedModels/<id>:predict).
+    platform_routes = [Route(path, ready, methods=["GET"]) for path in contract.health_routes]
+    if contract.predict_route:
+        platform_routes.append(Route(contract.predict_route, platform_predict, methods=["POST"]))
+    routes = platform_routes + routes
+    open_paths = OPEN_PATHS | set(contract.health_routes)
+    middleware = [Middleware(BearerAuth, token=token, open_paths=open_paths)] if token else []
     app = Starlette(routes=routes, middleware=middleware,
                     exception_handlers={HTTPException: http_error, Exception: internal_error})
     app.state.scheduler = scheduler
     return app
+
+
+def _refuse_media_types(request) -> tuple[int, str] | None:
+    """(status, message) for a body that is not JSON or an answer the client cannot take, else None. SageMaker
+    passes InvokeEndpoint's ContentType and Accept through; no Content-Type is read as JSON."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type and not (content_type == "application/json" or content_type.endswith("+json")):
+        return 415, (f"Content-Type {quote(content_type)} is not accepted; send a JSON body with Content-Type "
+                     "application/json")
+    accept = [part.split(";")[0].strip().lower() for part in request.headers.get("accept", "").split(",")]
+    if any(accept) and not any(a in ("application/json", "application/*", "*/*") or a.endswith("+json")
+                               for a in accept):
+        return 406, f"Accept {quote(request.headers['accept'])} excludes JSON; this server answers application/json"
+    return None
 
 
 def _record(endpoint: Endpoint, role: str, direct: bool, ok: bool, started: float) -> None:
@@ -223,17 +267,20 @@ _DRAIN_FACTOR = 8
 
 
 def serve(endpoint: Endpoint, host: str = "127.0.0.1", port: int = 8080, limits: Limits = Limits(),
-          workers: int = 2, token: str | None = None) -> None:
+          workers: int = 2, token: str | None = None, contract: Contract = Contract(None)) -> None:
     """Run the server in the foreground until interrupted."""
     import uvicorn
 
-    app = build_app(endpoint, limits, workers, token)
+    app = build_app(endpoint, limits, workers, token, contract)
     challenger = ""
     if endpoint.challenger is not None and endpoint.monitor is not None:
         challenger = f" and version {endpoint.challenger.version} (challenger, {endpoint.monitor.percent:g}% canary)"
     print(f"slimops: serving {endpoint.name} version {endpoint.champion.version} (champion){challenger} on "
           f"http://{host}:{port}/v2/models/{endpoint.name}{' (bearer token required)' if token else ''}",
           file=sys.stderr, flush=True)
+    if contract.predict_route:
+        print(f"slimops: {contract.platform} routes: GET {', GET '.join(contract.health_routes)}; "
+              f"POST {contract.predict_route}", file=sys.stderr, flush=True)
     # One process: the canary's window and the split live in this process's memory.
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, workers=None,
                 http=http_protocol(limits.idle_timeout_s), timeout_keep_alive=limits.idle_timeout_s,

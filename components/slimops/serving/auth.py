@@ -64,14 +64,15 @@ def read_token(path: str) -> str:
 
 
 class BearerAuth:
-    """ASGI middleware: 401 unless the request carries the token (health checks excepted)."""
+    """ASGI middleware: 401 unless the request carries the token (health checks excepted, a platform's too)."""
 
-    def __init__(self, app, token: str):
+    def __init__(self, app, token: str, open_paths: frozenset[str] | set[str] = OPEN_PATHS):
         self.app = app
         self.token = token.encode("ascii")
+        self.open_paths = frozenset(open_paths)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS and not self._authorized(scope):
+        if scope["type"] == "http" and scope["path"] not in self.open_paths and not self._authorized(scope):
             from starlette.responses import JSONResponse
 
             response = JSONResponse({"error": "this server needs 'Authorization: Bearer <token>' with its token"},

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -16,8 +17,16 @@ from slimops.serving.limits import Limits
 
 
 def add_commands(sub) -> None:
-    serve = sub.add_parser("serve", help="serve ONNX models over the Open Inference Protocol v2 (REST), with a canary")
-    source = serve.add_argument_group("what to serve (a registry, or model directories)")
+    serve = sub.add_parser("serve", help="serve ONNX models over the Open Inference Protocol v2 (REST), with a canary; "
+                                         "--platform: under SageMaker, Vertex AI, Azure ML or KServe's container "
+                                         "contract")
+    platform = serve.add_argument_group(
+        "platform (a hosting platform's container contract: its port, health and predict routes, model directory)")
+    platform.add_argument("--platform", choices=("auto", "kserve", "sagemaker", "vertex", "azureml"),
+                          help="default: $SLIMOPS_SERVE_PLATFORM, else auto (read from the platform's own environment: "
+                               "AIP_* Vertex AI, AZUREML_MODEL_DIR Azure ML, /opt/ml/model SageMaker; none: local)")
+    source = serve.add_argument_group("what to serve (a registry, or model directories; under a platform, default: "
+                                      "the platform's model directory)")
     source.add_argument("--registry", help="registry directory (default store: <run dir>/registry): serves the "
                                            "champion and, under canary, the challenger")
     source.add_argument("--model", type=_model_name, help="registered model name (default: the only one in the registry)")
@@ -32,9 +41,10 @@ def add_commands(sub) -> None:
     canary.add_argument("--window-s", type=float, help="sliding window, seconds")
     canary.add_argument("--audit-log", help="model-directory mode: append canary rollbacks to this JSONL file")
     server = serve.add_argument_group("server")
-    server.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only; any "
-                                                            "other needs --token-file)")
-    server.add_argument("--port", type=int, default=8080)
+    server.add_argument("--host", help="interface to listen on (default: loopback, where any other needs "
+                                       "--token-file; under a platform 0.0.0.0: SageMaker, Vertex AI and Azure ML "
+                                       "authenticate requests themselves, KServe needs --token-file)")
+    server.add_argument("--port", type=int, help="default: the platform's port, else 8080")
     server.add_argument("--token-file", help="file holding a secret token: requests must send 'Authorization: "
                                              "Bearer <token>' (health checks excepted)")
     from slimops.cli import _positive_int  # 1..1024: a larger pool is a typo ONNX Runtime would try to start
@@ -127,20 +137,32 @@ def cmd_serve(args) -> int:
     from slimops.serving.auth import check_exposure, read_token
     from slimops.serving.canary import CanaryMonitor, CanaryPolicy
     from slimops.serving.model import ServedModel
+    from slimops.serving.platforms import locate_model, resolve
 
     # Checked before any model loads, and long before anything listens.
-    check_exposure(args.host, args.token_file)
+    given = bool(args.registry or args.champion)
+    contract = resolve(args.platform, os.environ, model_given=given)
+    host = args.host or contract.host
+    port = args.port if args.port is not None else contract.port
+    if not contract.fronted:
+        check_exposure(host, args.token_file)
     token = read_token(args.token_file) if args.token_file is not None else None
     limits = Limits(max_body_bytes=args.max_body_bytes, max_batch=args.max_batch, max_elements=args.max_elements,
                     max_inflight=args.max_inflight, chunk_rows=args.chunk_rows, max_connections=args.max_connections,
                     request_timeout_s=args.request_timeout, body_timeout_s=args.body_timeout,
                     idle_timeout_s=args.idle_timeout)
-    if not 0 <= args.port <= 65535:
-        raise BadInput(f"--port {args.port} is out of range")
+    if not 0 <= port <= 65535:
+        raise BadInput(f"--port {port} is out of range")
     for flag in ("workers", "threads", "max_body_bytes", "max_batch", "max_elements", "max_inflight", "chunk_rows",
                  "max_connections", "request_timeout", "body_timeout", "idle_timeout"):
         if not getattr(args, flag) > 0:
             raise BadInput(f"--{flag.replace('_', '-')} {getattr(args, flag)} is out of range (it must be above 0)")
+    if contract.platform and not given:
+        if contract.model_dir is None:
+            raise BadInput(f"serving for {contract.platform}, but the platform gave no model directory "
+                           f"({_MODEL_SOURCE[contract.platform]} is not set); give the model directory with "
+                           "--champion")
+        args.champion = str(locate_model(contract.model_dir, _MODEL_SOURCE[contract.platform]))
     if bool(args.registry) == bool(args.champion):
         raise BadInput("give either --registry DIR (serve its champion and challenger) or --champion DIR "
                        "[--challenger DIR]")
@@ -192,5 +214,10 @@ def cmd_serve(args) -> int:
     except ValidationError as err:
         raise BadInput(validation_message(err, "canary policy")) from None
     monitor = CanaryMonitor(policy, on_rollback) if challenger is not None else None
-    serve(Endpoint(name, champion, challenger, monitor), args.host, args.port, limits, args.workers, token)
+    serve(Endpoint(name, champion, challenger, monitor), host, port, limits, args.workers, token, contract)
     return EXIT_OK
+
+
+# Where each platform says the model is, for error messages.
+_MODEL_SOURCE = {"sagemaker": "SageMaker's model directory", "vertex": "AIP_STORAGE_URI",
+                 "azureml": "AZUREML_MODEL_DIR", "kserve": "KServe's model directory"}

@@ -6,6 +6,10 @@ Order matters, and it is the point of this step:
 3. credentials, then the target's own preflight (bucket, alarms): all before anything is created (exit 2);
 4. only then the artifact upload and the endpoint calls, through the target's hook.
 
+On SageMaker, Azure ML and Vertex AI the endpoint runs the slimops image itself (``target.image_uri``) in its
+serving mode, ``slimops serve`` under that platform's container contract (slimops.serving.platforms), and the
+artifact is the validated model directory as it is; KServe gets Triton manifests and a Triton model repository.
+
 The output directory holds the deployed model's files (hard links), ``deployment.json`` (what was created,
 reused, updated and deleted, and the traffic at each stage), the request bodies sent, and
 ``terraform.tfvars.json`` for the target's module under terraform/modules/.
