@@ -41,7 +41,6 @@ from slimops.plan import Plan, Retry, image_reference, plan_recipe
 APPROVAL_STATUSES = ("Approved", "Rejected", "PendingManualApproval")
 SERVE_PLATFORM_ENV = "SLIMOPS_SERVE_PLATFORM"  # read by `slimops serve`: which platform's routes and port to serve
 SERVE_PLATFORM = "sagemaker"
-MODEL_DIR = "/opt/ml/model"  # where SageMaker hosting puts the model data (the validated model directory)
 GATE_INFRA_RETRY = Retry(2, 30.0)  # a gate whose recipe asks no inconclusive retries still survives a lost instance
 SIDE_EFFECT_START_RETRY = Retry(2, 60.0)  # side effects: only failures before the container starts
 ISO_DURATION = re.compile(r"P(?=\d|T\d)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+S)?)?", re.I)
