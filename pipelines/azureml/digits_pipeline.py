@@ -1,5 +1,5 @@
 """The digits example as an Azure ML pipeline job: train -> export -> static INT8 -> validate against the trained
-model -> if_else(passed): publish the validated model as the model asset "digits-pipeline".
+model (a failed gate fails this node) -> publish the validated model as the model asset "digits-cnn".
 
     python pipelines/azureml/digits_pipeline.py             # regenerate components/*.yaml (offline)
     python pipelines/azureml/digits_pipeline.py --submit    # submit to your workspace (needs Azure)

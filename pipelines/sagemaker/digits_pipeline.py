@@ -35,13 +35,18 @@ def build(recipe: str | Path = RECIPE, image: str | None = IMAGE, **overrides):
 
 
 def definition(pipeline) -> str:
-    """The definition as checked in: sorted keys, so a diff shows what changed."""
-    return json.dumps(json.loads(pipeline.definition()), indent=2, sort_keys=True) + "\n"
+    """The definition as checked in: sorted keys, so a diff shows what changed. Checked against botocore's
+    SageMaker service model first: a definition SageMaker would reject is never written."""
+    from slimops.adapters.sagemaker import check_definition
+
+    spec = check_definition(pipeline.definition(), pipeline_name=pipeline.name, role_arn=ROLE)
+    return json.dumps(spec, indent=2, sort_keys=True) + "\n"
 
 
 if __name__ == "__main__":
     pipeline = build()
     if "--upsert" in sys.argv:
+        definition(pipeline)  # refuses what the service model says SageMaker would reject
         print(pipeline.upsert(role_arn=ROLE))
     else:
         DEFINITION.write_text(definition(pipeline))

@@ -7,13 +7,19 @@ options (data, gate, lists) are string inputs holding JSON; the command passes e
 ``--set 'key=<value>'``, which the CLI reads as YAML, so a pipeline that passes StepCall's JSON text gets
 exactly the configs ``slimops run`` uses.
 
-The validate component branches on a verdict instead of failing: ``--on-gate-fail continue`` and the verdict as
-a boolean output ``passed`` (``is_control``) that an if_else node reads. An inconclusive gate is no verdict: Azure
-ML command nodes have no retry settings, so the component retries it in its own process (optional inputs
-``retry_inconclusive``, ``retry_backoff``, ``retry_factor`` -> ``slimops step --retry-inconclusive ...``); if it
-stays inconclusive the node fails (exit 4) and nothing after it runs. Model outputs use ``mode: upload``: the
-CLI writes its output atomically (temp sibling, then rename), which a read-write mounted output folder does
-not allow.
+The validate component is the gate: a failed gate exits 3, so the node fails and nothing that takes its output
+(publish, register, promote, deploy) ever runs. No control-flow node is needed: azure-ai-ml 1.35 treats
+``if_else`` as a private-preview node type, and a pipeline holding one fails the SDK's own validation, dump and
+submission. An inconclusive gate is no verdict: Azure ML command nodes have no retry settings, so the component
+retries it in its own process (optional inputs ``retry_inconclusive``, ``retry_backoff``, ``retry_factor`` ->
+``slimops step --retry-inconclusive ...``); if it stays inconclusive the node fails (exit 4). Model outputs use
+``mode: upload``: the CLI writes its output atomically (temp sibling, then rename), which a read-write mounted
+output folder does not allow.
+
+``is_deterministic`` (Azure ML reuses a deterministic node's earlier outputs) is false for every step with side
+effects (register, promote, deploy, and publish, which registers a model asset); transforms and the gate are
+deterministic. A gate against the registry's champion is not (the champion changes between runs): the pipeline
+builder gives that one node an uncached copy of the component.
 """
 
 from __future__ import annotations
@@ -27,7 +33,6 @@ from slimops.errors import BadInput
 from slimops.plan import image_reference
 
 SCHEMA = "https://azuremlschemas.azureedge.net/latest/commandComponent.schema.json"
-GATE_OUTPUT = "passed"
 THREADS_INPUT = "num_threads"  # not "threads": pack has a config option of that name
 SOURCE = "source"
 PUBLISH = "publish"
@@ -124,8 +129,7 @@ def step_component(step: str, image: str | None = None) -> dict:
     command.append(f"$[[--threads ${{{{inputs.{THREADS_INPUT}}}}}]]")
     outputs = {"model": {"type": "uri_folder", "mode": "upload", "description": "output model directory"}}
     if definition.role == "gate":
-        outputs[GATE_OUTPUT] = {"type": "boolean", "is_control": True, "description": "the gate verdict"}
-        command += ["--on-gate-fail", "continue", "--gate-output", f"${{{{outputs.{GATE_OUTPUT}}}}}"]
+        # No --on-gate-fail continue: a failed gate fails the node (exit 3), which stops everything after it.
         for name, (kind, option, description) in RETRY_INPUTS.items():
             inputs[name] = {"type": kind, "optional": True, "description": description}
             command.append(f"$[[{option} ${{{{inputs.{name}}}}}]]")

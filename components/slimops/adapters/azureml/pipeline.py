@@ -1,7 +1,8 @@
-"""A recipe as an Azure ML pipeline job (azure-ai-ml dsl + mldesigner's if_else): source -> the compression chain
--> ``dsl.condition(validate.outputs.passed)`` whose true block publishes the validated model as a model asset
-and runs the recipe's promotion steps. Azure ML has no fail node: on a failed gate the true block is skipped
-and the validate node's gate_report.json says why.
+"""A recipe as an Azure ML pipeline job (azure-ai-ml dsl): source -> the compression chain -> validate -> publish
+(the validated model as a model asset) and the recipe's promotion steps. The gate needs no control-flow node:
+validate exits 3 on a failed gate, the node fails, and every node after it takes validate's output, so none of
+them runs; the validate node's log says why. (azure-ai-ml 1.35 only accepts ``if_else`` nodes with its private
+preview features switched on: a job holding one fails ``_validate()``, ``dump()`` and ``create_or_update``.)
 
 Recipe errors (unknown step, no gate, a gate that checks nothing, no image) raise BadInput when the pipeline
 is built. The SDKs are imported only inside these functions.
@@ -14,7 +15,7 @@ import json
 import re
 from pathlib import Path
 
-from slimops.adapters.azureml.components import (GATE_OUTPUT, PUBLISH, SOURCE, THREADS_INPUT, all_components)
+from slimops.adapters.azureml.components import PUBLISH, SOURCE, THREADS_INPUT, all_components
 from slimops.errors import BadInput
 from slimops.plan import Plan, StepCall, image_reference, plan_recipe
 
@@ -64,10 +65,10 @@ def add_steps(plan: Plan, components: dict, model=None, *, recipe_dir: str | Non
 
     model: an upstream output or pipeline input holding a model directory; None runs the recipe's source.
     model_name: publish the validated model as this model asset when the gate passes (None: no publish node).
-    Returns the nodes by step id (plus "source", "publish" and "gate" when made).
+    Returns the nodes by step id (plus "source" and "publish" when made). Every node after the gate takes the
+    gate's output (directly or through another promotion step), so it runs only when the gate passed.
     """
     from azure.ai.ml import Output
-    from mldesigner import dsl as designer
 
     from slimops.adapters.sagemaker.jobs import needs_data_files
 
@@ -86,24 +87,18 @@ def add_steps(plan: Plan, components: dict, model=None, *, recipe_dir: str | Non
         source.name = SOURCE
         nodes[SOURCE], model = source, source.outputs.model
     models[SOURCE] = model
-    promotion = []
+    gate = plan.gate
     for call in plan.calls:
         if call.after_gate and not recipe_promotion:
             continue
         node = _step_node(call, components, models, plan, recipe_dir)
         nodes[call.id], models[call.id] = node, node.outputs.model
-        if call.after_gate:
-            promotion.append(node)
-    gate = plan.gate
-    if model_name:
-        publish = components[PUBLISH](model=models[gate.id])
-        publish.name = PUBLISH
-        # A named custom_model output is registered as a model asset version when the node runs.
-        publish.outputs.model = Output(type="custom_model", name=model_name)
-        nodes[PUBLISH] = publish
-        promotion.insert(0, publish)
-    if promotion:
-        nodes["gate"] = designer.condition(nodes[gate.id].outputs[GATE_OUTPUT], true_block=promotion)
+        if call is gate and model_name:
+            publish = components[PUBLISH](model=models[gate.id])
+            publish.name = PUBLISH
+            # A named custom_model output is registered as a model asset version when the node runs.
+            publish.outputs.model = Output(type="custom_model", name=model_name)
+            nodes[PUBLISH] = publish
     return nodes
 
 
@@ -118,18 +113,32 @@ def _step_node(call: StepCall, components: dict, models: dict, plan: Plan, recip
         # No retry settings for command nodes in Azure ML: the gate retries an inconclusive verdict itself.
         inputs.update(retry_inconclusive=call.retry.retries, retry_backoff=call.retry.backoff_s,
                       retry_factor=call.retry.factor)
+    if component.is_deterministic and not call.cacheable:
+        component = _uncached(component)
     node = component(**inputs)
     node.name = _node_name(call.id)
     node.display_name = call.id
     return node
 
 
-def build_pipeline(recipe: str | Path, *, image: str | None = None, compute: str | None = None, model=None,
+def _uncached(component):
+    """A copy of the component that Azure ML never reuses: for a gate against the champion, where the same inputs
+    can give another verdict once the champion moved. Submission registers it as an anonymous component, so the
+    shared (deterministic) component of the same name and version is left as it is."""
+    import yaml
+    from azure.ai.ml import load_component
+
+    spec = {**component._to_dict(), "is_deterministic": False}
+    return load_component(source=io.StringIO(yaml.safe_dump(spec, sort_keys=False)))
+
+
+def build_pipeline(recipe: str | Path, *, image: str | None = None, compute: str = "serverless", model=None,
                    recipe_dir: str | None = None, recipe_promotion: bool = True, model_name: str | None = None,
                    name: str | None = None):
     """A PipelineJob for the recipe. model: an ``Input(type="uri_folder", path=...)`` to start from (else the
     recipe's source). model_name: the model asset the publish node registers on a passing gate (default: the
-    recipe name). Submit with ``MLClient(...).jobs.create_or_update(job)`` (needs an Azure ML workspace)."""
+    recipe name). compute: a compute cluster's name, or "serverless" (the default). Submit with
+    ``MLClient(...).jobs.create_or_update(job)``, or ``job.dump("job.yaml")`` for ``az ml job create --file``."""
     plan = plan_recipe(recipe)
     components = load_components(image)
     from azure.ai.ml.dsl import pipeline as dsl_pipeline

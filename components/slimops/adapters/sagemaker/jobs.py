@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from slimops.errors import BadInput
 from slimops.plan import Plan, Retry, StepCall
 from slimops.retry import SOURCE_RETRY, inconclusive_flags
-from slimops.steps import map_data
+from slimops.steps import get_step, map_data
 
 PROCESSING_ROOT_ENV = "SLIMOPS_SAGEMAKER_PROCESSING_ROOT"
 DEFAULT_PROCESSING_ROOT = "/opt/ml/processing"
@@ -51,6 +51,8 @@ class ProcessingJob:
     gated: bool = False  # the gating validate: its output holds gate_report.json for the ConditionStep
     after_gate: bool = False  # promotion branch: runs only when the gate passed
     retry: Retry | None = None  # the plan's retry policy (None: a step with side effects, never retried blindly)
+    side_effects: bool = False  # registers, promotes or deploys: outside its output channel, a rerun repeats it
+    cacheable: bool = True  # the plan's word on reusing an earlier execution's output (StepCall.cacheable)
 
     def input_path(self, channel: str, root: str | None = None) -> str:
         return f"{root or processing_root()}/input/{channel}"
@@ -103,5 +105,6 @@ def processing_jobs(plan: Plan, *, source: bool = True, data_files: bool = False
         # retried inside its own job instead.
         argv += inconclusive_flags(call)
         jobs.append(ProcessingJob(id=call.id, argv=argv, inputs=inputs, reads_data=data_files and call.id in readers,
-                                  gated=gated, after_gate=call.after_gate, retry=call.retry))
+                                  gated=gated, after_gate=call.after_gate, retry=call.retry,
+                                  side_effects=get_step(call.step).side_effects, cacheable=call.cacheable))
     return jobs

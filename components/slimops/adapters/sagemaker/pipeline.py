@@ -7,16 +7,29 @@ No code is uploaded: each job's ContainerEntrypoint is exactly the ``slimops ste
 ``slimops.plan``. Artifacts flow by S3 URI: a job's input prefix is the upstream job's output channel plus
 ``/model``. Recipe errors (unknown step, no gate, a gate that checks nothing, no image) raise BadInput here.
 
-Retries follow the plan: every ProcessingStep but those with side effects carries RetryPolicies for
-infrastructure failures (``infra_retry_policies``). SageMaker's policies match exception types, not exit codes, so
-the gating validate retries an inconclusive verdict inside its own job (``slimops step --retry-inconclusive``, the
-recipe's ``retry_inconclusive``); if it stays inconclusive the job exits 4, the execution fails at that step and
-nothing is registered.
+Retries follow the plan (``retry_policies``): every ProcessingStep carries RetryPolicies. A step without side
+effects (source, transforms, the gate) retries infrastructure failures: a faulty or throttled service, a job that
+failed inside SageMaker, no capacity, a resource limit. A step with side effects (register, promote, deploy as
+jobs) retries only failures that happen before its container starts (throttling, no capacity, a resource limit):
+a job that failed later may already have registered or deployed. SageMaker's policies match exception types, not
+exit codes, so the gating validate retries an inconclusive verdict inside its own job (``slimops step
+--retry-inconclusive``, the recipe's ``retry_inconclusive``); if it stays inconclusive the job exits 4, the
+execution fails at that step and nothing is registered.
+
+Caching is off unless ``cache_expire_after`` turns it on, and then only for the steps the plan calls cacheable:
+steps with side effects and a gate against the champion carry ``CacheConfig`` disabled, and the register ModelStep
+and the ConditionStep never carry one (a cached condition or registration would skip the promotion silently).
+
+The model package registers the slimops image as its serving container: SageMaker hosting runs the image with the
+argument ``serve`` (its entrypoint is ``slimops``, so ``slimops serve``), ``SLIMOPS_SERVE_PLATFORM=sagemaker``
+selects SageMaker's contract (``GET /ping``, ``POST /invocations`` on port 8080), and the validated model
+directory is the model data, which SageMaker places in ``/opt/ml/model``.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +39,11 @@ from slimops.errors import BadInput
 from slimops.plan import Plan, Retry, image_reference, plan_recipe
 
 APPROVAL_STATUSES = ("Approved", "Rejected", "PendingManualApproval")
+SERVE_PLATFORM_ENV = "SLIMOPS_SERVE_PLATFORM"  # read by `slimops serve`: which platform's routes and port to serve
+SERVE_PLATFORM = "sagemaker"
+GATE_INFRA_RETRY = Retry(2, 30.0)  # a gate whose recipe asks no inconclusive retries still survives a lost instance
+SIDE_EFFECT_START_RETRY = Retry(2, 60.0)  # side effects: only failures before the container starts
+ISO_DURATION = re.compile(r"P(?=\d|T\d)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+S)?)?", re.I)
 
 
 @dataclass
@@ -72,7 +90,7 @@ def build_steps(recipe: str | Path | Plan, *, role: str, artifact_root, image: s
                 session=None, instance_type="ml.m5.xlarge", approval_status="PendingManualApproval",
                 model_uri=None, data_uri=None, recipe_dir: str | None = None, model_package_group=None,
                 serving_image: str | None = None, recipe_promotion: bool = True,
-                name_prefix: str = "slimops-") -> SlimopsSteps:
+                name_prefix: str = "slimops-", cache_expire_after: str | None = None) -> SlimopsSteps:
     """The recipe's steps, to add to a new or an existing pipeline.
 
     role: the IAM role ARN the jobs run as. artifact_root: an S3 prefix (str or ParameterString) under which
@@ -81,8 +99,10 @@ def build_steps(recipe: str | Path | Plan, *, role: str, artifact_root, image: s
     the recipe's data files (laid out as next to the recipe). instance_type / approval_status: str or
     ParameterString. model_package_group: register the validated model there when the gate passes (str or
     ParameterString; None skips the ModelStep). serving_image: the registered model's inference image
-    (default: the slimops image). recipe_promotion: run the recipe's steps after the gate (register, promote,
-    ...) as processing jobs in the passing branch; False leaves them out (the ModelStep still registers).
+    (default: the slimops image, which serves SageMaker's contract with ``serve``). recipe_promotion: run the
+    recipe's steps after the gate (register, promote, ...) as processing jobs in the passing branch; False leaves
+    them out (the ModelStep still registers). cache_expire_after: turn step caching on for the cacheable steps, an
+    ISO 8601 duration such as "P30D" (None: no caching).
     """
     plan = recipe if isinstance(recipe, Plan) else plan_recipe(recipe)
     if recipe_promotion:
@@ -92,6 +112,7 @@ def build_steps(recipe: str | Path | Plan, *, role: str, artifact_root, image: s
         raise BadInput(f"role {role!r} is not an IAM role ARN; pass role='arn:aws:iam::<account>:role/<name>'")
     if isinstance(approval_status, str) and approval_status not in APPROVAL_STATUSES:
         raise BadInput(f"approval_status {approval_status!r} is not one of {', '.join(APPROVAL_STATUSES)}")
+    cache = _cache_configs(cache_expire_after)
     session = session or pipeline_session()
 
     from sagemaker.core.processing import Processor
@@ -129,7 +150,8 @@ def build_steps(recipe: str | Path | Plan, *, role: str, artifact_root, image: s
         step = ProcessingStep(name=names[job.id], step_args=processor.run(inputs=inputs or None, outputs=[output]),
                               description=f"slimops {' '.join(job.argv[1:3])}",
                               property_files=[gate_report] if job.gated else None,
-                              retry_policies=infra_retry_policies(job.retry))
+                              retry_policies=retry_policies(job),
+                              cache_config=cache[job.cacheable] if cache else None)
         model_uris[job.id] = Join(on="/", values=[
             step.properties.ProcessingOutputConfig.Outputs[MODEL_CHANNEL].S3Output.S3Uri, MODEL_SUBDIR])
         (promotion if job.after_gate else chain).append(step)
@@ -144,6 +166,7 @@ def build_steps(recipe: str | Path | Plan, *, role: str, artifact_root, image: s
         # The validated directory is registered uncompressed (ModelDataSource S3Prefix, which needs the
         # trailing slash): the same files, gate report and manifest the gate judged.
         builder = ModelBuilder(image_uri=serving_image or image, role_arn=role, sagemaker_session=session,
+                               env_vars={SERVE_PLATFORM_ENV: SERVE_PLATFORM},
                                s3_model_data_url={"S3DataSource": {"S3Uri": Join(on="", values=[validated, "/"]),
                                                                    "S3DataType": "S3Prefix",
                                                                    "CompressionType": "None"}})
@@ -166,23 +189,42 @@ def build_steps(recipe: str | Path | Plan, *, role: str, artifact_root, image: s
                         gate_step=gate_step, condition=condition, validated_model_uri=validated, jobs=jobs)
 
 
-def infra_retry_policies(retry: Retry | None) -> list | None:
-    """The plan's retries for what SageMaker can see: a throttled or faulty service, a job that failed inside
-    SageMaker, no capacity, a resource limit. None for a step with side effects (a job that failed inside
-    SageMaker may already have registered or deployed). An inconclusive gate exits 4, which no policy matches: the
-    gate retries itself in its container (``--retry-inconclusive``)."""
-    if retry is None:
-        return None
+def retry_policies(job: ProcessingJob) -> list:
+    """The RetryPolicies of a processing job, by its role (see the module docstring). An inconclusive gate exits
+    4, which no policy matches: the gate retries itself in its container (``--retry-inconclusive``)."""
     from sagemaker.mlops.workflow.retry import (SageMakerJobExceptionTypeEnum, SageMakerJobStepRetryPolicy,
                                                 StepExceptionTypeEnum, StepRetryPolicy)
 
-    timing = {"backoff_rate": retry.factor, "interval_seconds": max(1, round(retry.backoff_s)),
-              "max_attempts": retry.retries}
+    def timing(retry: Retry) -> dict:
+        return {"backoff_rate": retry.factor, "interval_seconds": max(1, round(retry.backoff_s)),
+                "max_attempts": retry.retries}
+
+    if job.side_effects:
+        # Throttled calls, no capacity, a resource limit: the job never ran its container, nothing happened yet.
+        # Not a service fault or an internal job error: the step may already have registered or deployed.
+        start = timing(SIDE_EFFECT_START_RETRY)
+        return [StepRetryPolicy(exception_types=[StepExceptionTypeEnum.THROTTLING], **start),
+                SageMakerJobStepRetryPolicy(exception_types=[SageMakerJobExceptionTypeEnum.CAPACITY_ERROR,
+                                                             SageMakerJobExceptionTypeEnum.RESOURCE_LIMIT], **start)]
+    infra = timing(job.retry or GATE_INFRA_RETRY)
     return [StepRetryPolicy(exception_types=[StepExceptionTypeEnum.SERVICE_FAULT, StepExceptionTypeEnum.THROTTLING],
-                            **timing),
+                            **infra),
             SageMakerJobStepRetryPolicy(exception_types=[SageMakerJobExceptionTypeEnum.INTERNAL_ERROR,
                                                          SageMakerJobExceptionTypeEnum.CAPACITY_ERROR,
-                                                         SageMakerJobExceptionTypeEnum.RESOURCE_LIMIT], **timing)]
+                                                         SageMakerJobExceptionTypeEnum.RESOURCE_LIMIT], **infra)]
+
+
+def _cache_configs(expire_after: str | None) -> dict | None:
+    """CacheConfig for a cacheable step (True) and for one that must always run (False), or None: no caching.
+    Only ProcessingSteps get either; the ModelStep and the ConditionStep never carry a CacheConfig."""
+    if expire_after is None:
+        return None
+    if not isinstance(expire_after, str) or not ISO_DURATION.fullmatch(expire_after):
+        raise BadInput(f"cache_expire_after {expire_after!r} is not an ISO 8601 duration; pass e.g. 'P30D' or 'PT12H'")
+    from sagemaker.mlops.workflow.steps import CacheConfig
+
+    return {True: CacheConfig(enable_caching=True, expire_after=expire_after),
+            False: CacheConfig(enable_caching=False)}
 
 
 def _check_promotion_registry(plan: Plan) -> None:
@@ -206,11 +248,12 @@ def build_pipeline(recipe: str | Path, *, role: str, bucket: str, image: str | N
                    name: str | None = None, prefix: str = "slimops", instance_type: str = "ml.m5.xlarge",
                    model_uri: str | None = None, data_uri: str | None = None, recipe_dir: str | None = None,
                    model_package_group: str | None = None, register_model: bool = True,
-                   recipe_promotion: bool = True, session=None):
+                   recipe_promotion: bool = True, session=None, cache_expire_after: str | None = None):
     """A Pipeline for the recipe. Its parameters: ProcessingInstanceType, ModelApprovalStatus (default
     PendingManualApproval), ModelPackageGroupName (default: the recipe name), ArtifactRoot (default
-    s3://<bucket>/<prefix>), and ModelUri / DataUri when given. ``pipeline.definition()`` works offline;
-    ``pipeline.upsert(role_arn=...)`` and ``pipeline.start()`` need an AWS account."""
+    s3://<bucket>/<prefix>), and ModelUri / DataUri when given. cache_expire_after: see ``build_steps``.
+    ``pipeline.definition()`` works offline, and ``check_pipeline`` checks it against botocore's SageMaker service
+    model; ``pipeline.upsert(role_arn=...)`` and ``pipeline.start()`` need an AWS account."""
     plan = plan_recipe(recipe)
     if not bucket or "/" in bucket or bucket.startswith("s3:"):
         raise BadInput(f"bucket {bucket!r} is not an S3 bucket name; pass e.g. bucket='my-ml-artifacts'")
@@ -227,6 +270,6 @@ def build_pipeline(recipe: str | Path, *, role: str, bucket: str, image: str | N
         model_package_group=ParameterString("ModelPackageGroupName", default_value=group) if register_model else None,
         model_uri=ParameterString("ModelUri", default_value=model_uri) if model_uri else None,
         data_uri=ParameterString("DataUri", default_value=data_uri) if data_uri else None,
-        recipe_dir=recipe_dir, recipe_promotion=recipe_promotion)
+        recipe_dir=recipe_dir, recipe_promotion=recipe_promotion, cache_expire_after=cache_expire_after)
     return Pipeline(name=name or f"slimops-{plan.name}", parameters=steps.parameters, steps=steps.steps,
                     sagemaker_session=session)
