@@ -356,21 +356,20 @@ def render(command: str, inputs: dict) -> list[str]:
 
 def azureml_rest(**overrides) -> dict:
     pytest.importorskip("azure.ai.ml", reason="azure-ai-ml (extra slimops[azure]) is not installed")
-    pytest.importorskip("mldesigner", reason="mldesigner (extra slimops[azure]) is not installed")
     with pytest.MonkeyPatch.context() as patch:
         offline(patch)
         return shipped_example("azureml").build(**overrides)._to_rest_object().as_dict()["properties"]
 
 
 def azureml_records(jobs: dict) -> tuple[list[dict], list[tuple]]:
-    """(the slimops step nodes, the other command nodes as (name, argv, producers, after_gate))."""
-    (condition,) = [job for job in jobs.values() if job["type"] == "if_else"]
-    true_block = condition["true_block"] if isinstance(condition["true_block"], list) else [condition["true_block"]]
-    after_gate = {re.fullmatch(r"\$\{\{parent\.jobs\.(\w+)\}\}", ref)[1] for ref in true_block}
-    found, others = [], []
+    """(the slimops step nodes, the other command nodes as (name, argv, producers, after_gate)). There is no
+    control-flow node: a node runs after the gate when its model comes from the gating validate node, directly or
+    through another node after it (a failed gate fails validate with exit 3, so none of them starts)."""
+    from slimops.steps import get_step
+
+    found, others, after_gate, gate = [], [], set(), None
     for name, job in jobs.items():
-        if job["type"] != "command":
-            continue
+        assert job["type"] == "command", (name, job["type"])
         # The node's component, inline in the REST form until submission registers it (an anonymous component).
         component = job["componentId"]
         values, producers = {}, {}
@@ -380,15 +379,20 @@ def azureml_records(jobs: dict) -> tuple[list[dict], list[tuple]]:
                 producers[key], values[key] = bound[1], PATHS[key]
             else:
                 values[key] = given["value"]
+        gated = producers.get("model") is not None and producers["model"] in {gate, *after_gate}
+        if gated:
+            after_gate.add(name)
         argv = render(component.command, values)
         if argv[:2] != ["slimops", "step"]:
-            others.append((name, argv, producers, name in after_gate))  # slimops source, the publish copy
+            others.append((name, argv, producers, gated))  # slimops source, the publish copy
             continue
         command = parse_command(argv)
         assert (command["model"], command["baseline"]) == (PATHS["model"], PATHS["baseline"] if
                                                            "baseline" in producers else None)
+        if gate is None and not gated and get_step(command["step"]).role == "gate":
+            gate = name
         found.append(record(job["display_name"], command["step"], producers["model"], producers.get("baseline"),
-                            command["threads"], name in after_gate, command["config"], "."))
+                            command["threads"], gated, command["config"], "."))
     return found, others
 
 
@@ -398,8 +402,8 @@ def test_azureml_pipeline_issues_the_golden_chain(golden):
     # Same chain, same commands and configs.
     assert found == chain(golden)
     # What differs, on purpose (as for SageMaker): the shipped example is built with recipe_promotion=False, since
-    # each Azure ML node is a fresh container and a run-local registry would not reach promote. The if_else
-    # node's true block publishes the validated model directory as a workspace model asset instead.
+    # each Azure ML node is a fresh container and a run-local registry would not reach promote. The publish node,
+    # fed by the gate's output, registers the validated model directory as a workspace model asset instead.
     assert [name for name, *_ in others] == ["source", "publish"]
     publish = [(argv, producers, gated) for name, argv, producers, gated in others if name == "publish"]
     assert publish == [(["cp", "-a", f"{PATHS['model']}/.", f"{OUTPUTS['model']}/"], {"model": "validate"}, True)]
