@@ -1,7 +1,9 @@
 """The Airflow 3 provider: the DAGs in dags/ import cleanly, run end to end with `dag.test()` on SQLite (a
 passing gate reaches promote, a failing gate stops before register, an inconclusive gate is retried with backoff
 and never promotes), each task retries as the plan says (the gate in the one-slot pool slimops_benchmark), the
-provider registers with Airflow, and recipe errors fail at DAG build time.
+provider registers with Airflow, and recipe errors fail at DAG build time. The recipe reaches the DAGs the ways
+a deployment gives it: per run (`dag_run.conf` recipe / gate) and through the Variable `slimops_recipe` (here
+from Airflow's environment-variable backend, `AIRFLOW_VAR_SLIMOPS_RECIPE`).
 
 Everything that touches Airflow's configuration or database runs in a subprocess with its own AIRFLOW_HOME
 (Airflow reads it once, at import), migrated with the real `airflow db migrate`.
@@ -91,7 +93,7 @@ DAG_RUNS = """
             xcoms = {f"{x.task_id}:{x.key}": x.value
                      for x in session.query(XComModel).filter_by(dag_id=dag_id, run_id=dag_run.run_id)}
         return {"state": getattr(dag_run.state, "value", dag_run.state), "tasks": states, "tries": tries,
-                "xcom": xcoms}
+                "xcom": xcoms, "run_id": dag_run.run_id}
 
     bag = DagBag(dag_folder=%r)
     provider = ProvidersManager().providers["slimops"]
@@ -102,24 +104,24 @@ DAG_RUNS = """
         "schedules": {d: [type(bag.dags[d].timetable).__name__, str(bag.dags[d].schedule)] for d in bag.dag_ids},
         "retries": {t: task.retries for t, task in bag.dags["slimops_compress_on_new_model"].task_dict.items()},
         "provider": {"version": provider.version, "package-name": provider.data["package-name"]},
-        "passing": run("slimops_compress_schedule", None),
-        "failing": run("slimops_compress_on_new_model", {"model": %r}),
+        "passing": run("slimops_compress_schedule", {"recipe": %r}),
+        "failing": run("slimops_compress_on_new_model", {"model": %r, "recipe": %r, "gate": {"max_size_ratio": 0.01}}),
     }, default=str))
 """
 
 
 @pytest.fixture(scope="module")
 def dag_runs(airflow_env, tmp_path_factory, digits_trained) -> dict:
-    """DagBag over dags/, then dag.test() of the scheduled DAG with a passing gate and of the new-model DAG (on
-    an already trained digits model) with a gate no model can pass."""
+    """DagBag over dags/ (parsed with the recipe installed with slimops), then dag.test() of the scheduled DAG with
+    a small recipe given for the run (a passing gate), and of the new-model DAG (on an already trained digits
+    model) with the same recipe and, for this run, a gate no model can pass (a size rule)."""
     recipes = tmp_path_factory.mktemp("recipes")
     # Size and accuracy are deterministic here; a speedup measured on a busy 2-core CI machine is not, so the
     # passing gate leaves it out (GatePolicy's default would otherwise ask for >= 1.0).
     passing = small_recipe(recipes / "passing.yaml", {"max_metric_drop": 10.0, "max_size_ratio": 0.5,
                                                       "min_speedup": None})
-    failing = small_recipe(recipes / "failing.yaml", {"min_speedup": 1000.0})
-    return in_airflow(airflow_env, DAG_RUNS % (str(DAGS), str(digits_trained)), timeout=900,
-                      SLIMOPS_SCHEDULE_RECIPE=str(passing), SLIMOPS_NEW_MODEL_RECIPE=str(failing))
+    return in_airflow(airflow_env, DAG_RUNS % (str(DAGS), str(passing), str(digits_trained), str(passing)),
+                      timeout=900)
 
 
 def only_run_dir(runs: Path, dag_id: str) -> Path:
@@ -163,6 +165,11 @@ def test_scheduled_dag_retrains_compresses_and_promotes_on_a_passing_gate(dag_ru
     assert Path(promoted["registry_dir"]) == runs / "registry"
     audit = [json.loads(line) for line in (runs / "registry" / "audit.jsonl").read_text().splitlines()]
     assert (audit[-1]["action"], audit[-1]["model"], audit[-1]["to"]) == ("promote", promoted["name"], promoted["version"])
+    # Who promoted: the DAG run, not the worker's user.
+    assert audit[-1]["who"] == f"slimops_compress_schedule/{result['run_id']}"
+    # The run's recipe reached the steps: 3 epochs, not the DAG's 10.
+    trained = json.loads((run / "steps" / "train" / "manifest.json").read_text())
+    assert trained["config"]["epochs"] == 3
 
 
 def test_new_model_dag_stops_at_a_failing_gate_and_never_promotes(dag_runs, airflow_env, digits_trained):
@@ -180,7 +187,11 @@ def test_new_model_dag_stops_at_a_failing_gate_and_never_promotes(dag_runs, airf
     assert result["xcom"]["compress.validate:gate_passed"] is False
     run = only_run_dir(Path(airflow_env["SLIMOPS_RUNS_DIR"]), "slimops_compress_on_new_model")
     report = json.loads((run / "steps" / "compress.validate" / "gate_report.json").read_text())
-    assert report["passed"] is False and any("speedup" in reason for reason in report["reasons"])
+    # The run's gate (a size no model reaches: deterministic, unlike a speed rule on a busy machine) replaced the
+    # recipe's rule; its other rules stayed.
+    assert report["passed"] is False and any("size_ratio" in reason for reason in report["reasons"]), report
+    manifest = json.loads((run / "steps" / "compress.validate" / "manifest.json").read_text())
+    assert manifest["config"]["gate"]["max_size_ratio"] == 0.01 and manifest["config"]["gate"]["max_metric_drop"] == 10.0
     # The gate compared against the incoming model itself (the recipe's train step did not run).
     manifest = json.loads((run / "steps" / "compress.validate" / "manifest.json").read_text())
     assert manifest["inputs"]["baseline"]["path"] == str(digits_trained)
@@ -265,7 +276,7 @@ BUILD_CHECKS = """
 
     events = TriggeringAssetEventsAccessor.build([asset_event(%(old)r, 0), asset_event(%(new)r, 5)])
     hook = SlimopsHook()
-    os.environ["SLIMOPS_RECIPE"] = %(no_gate)r
+    os.environ["AIRFLOW_VAR_SLIMOPS_RECIPE"] = %(no_gate)r  # the Variable slimops_recipe
     bag = DagBag(dag_folder=%(dags)r)
     print(json.dumps({
         "dagbag": {os.path.basename(k): str(v) for k, v in bag.import_errors.items()},
@@ -451,8 +462,9 @@ def test_an_inconclusive_gate_is_retried_with_backoff_then_fails_and_never_promo
     text["retry_inconclusive"] = {"retries": 1, "backoff_s": 0}  # Airflow waits its minimum, 1-2 s
     recipe.write_text(yaml.safe_dump(text, sort_keys=False))
     runs = tmp_path / "runs"
+    # Through the Variable slimops_recipe: the DAG is parsed with this recipe, so the gate task retries as it says.
     result = in_airflow(airflow_env, INCONCLUSIVE_RUN % {"dags": str(DAGS), "model": str(digits_trained)},
-                        timeout=900, SLIMOPS_NEW_MODEL_RECIPE=str(recipe), SLIMOPS_RUNS_DIR=str(runs))
+                        timeout=900, AIRFLOW_VAR_SLIMOPS_RECIPE=str(recipe), SLIMOPS_RUNS_DIR=str(runs))
     tasks = result["tasks"]
     assert result["state"] == "failed", tasks
     assert tasks["compress.validate"] == "failed" and result["tries"]["compress.validate"] == 2, result
