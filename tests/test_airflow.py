@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -66,6 +67,14 @@ def airflow_env(tmp_path_factory) -> dict:
                           text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return env
+
+
+def cli_json(stdout: str):
+    """The JSON list an `airflow ... -o json` command prints after its log lines (e.g. "[warning  ] ...", which
+    apache-airflow-providers-cncf-kubernetes 10.5 makes every command print under Airflow 3.3)."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("[") and not re.match(r"\[\w+\s*\]", line))
+    return json.loads("\n".join(lines[start:]))
 
 
 def in_airflow(env: dict, script: str, timeout: float = 600, **extra_env) -> dict:
@@ -202,7 +211,7 @@ def test_provider_is_registered_under_the_distribution_name(airflow_env, dag_run
     listed = subprocess.run([sys.executable, "-m", "airflow", "providers", "list", "-o", "json"], env=airflow_env,
                             capture_output=True, text=True, timeout=300)
     assert listed.returncode == 0, listed.stderr[-3000:]
-    providers = {p["package_name"]: p for p in json.loads(listed.stdout[listed.stdout.index("["):])}
+    providers = {p["package_name"]: p for p in cli_json(listed.stdout)}
     assert providers["slimops"]["version"] == version("slimops")
     # ProvidersManager (what the scheduler and the UI use) found it through the entry point, under the same name.
     assert dag_runs["provider"] == {"version": version("slimops"), "package-name": "slimops"}
@@ -221,7 +230,7 @@ def test_the_readme_command_creates_the_one_slot_benchmark_pool(airflow_env):
     got = subprocess.run([sys.executable, "-m", "airflow", "pools", "get", "slimops_benchmark", "-o", "json"],
                          env=airflow_env, capture_output=True, text=True, timeout=300)
     assert got.returncode == 0, got.stderr[-3000:]
-    pool = json.loads(got.stdout[got.stdout.index("["):])[0]
+    pool = cli_json(got.stdout)[0]
     assert pool["pool"] == "slimops_benchmark" and int(pool["slots"]) == 1
 
 BUILD_CHECKS = """
