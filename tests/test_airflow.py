@@ -359,6 +359,7 @@ def test_new_model_comes_from_conf_or_the_newest_asset_event(build_checks):
 
 POLICY_CHECKS = """
     import json
+    from datetime import timedelta
     from airflow.sdk import DAG
     from airflow.serialization.serialized_objects import DagSerialization
     from slimops.adapters.airflow import BENCHMARK_POOL, build_dag, step_operator
@@ -380,7 +381,14 @@ POLICY_CHECKS = """
         register = step_operator("register")(task_id="register", model=gate.output["out"], config={"name": "m"})
         mine = step_operator("validate")(task_id="mine", model="/m", baseline="/b", retries=1, pool="gpu",
                                          config={"data": {"format": "digits", "split": "test"}})
+    def timeouts(dag):
+        scheduled = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+        return {t.task_id: t.execution_timeout and t.execution_timeout.total_seconds() for t in scheduled.tasks}
+
     print(json.dumps({
+        "timeouts": timeouts(build_dag(%(example)r, dag_id="timeouts")),
+        "mine_timeout": step_operator("quantize")(task_id="q", model="/m", dag=DAG("t"),
+                                                  execution_timeout=timedelta(minutes=5)).execution_timeout.total_seconds(),
         "pool": BENCHMARK_POOL,
         "example": policies(build_dag(%(example)r)),
         "custom": policies(build_dag(%(custom)r, dag_id="custom")),
@@ -421,6 +429,14 @@ def test_each_task_retries_as_the_plan_says_and_the_gate_runs_in_the_benchmark_p
     # Side effects: never retried blindly (a second attempt could register twice).
     for task in ("register", "promote"):
         assert example[task]["retries"] == 0 and example[task]["pool"] == "default_pool", task
+
+
+def test_every_task_has_an_execution_timeout_by_its_role(policies):
+    """As the scheduler sees them: a hung step fails its task instead of holding a worker slot (and the benchmark
+    pool) forever; an execution_timeout you pass wins."""
+    assert policies["timeouts"] == {"source": 1800.0, "train": 21600.0, "export": 21600.0, "quantize": 21600.0,
+                                    "validate": 3600.0, "register": 900.0, "promote": 900.0}
+    assert policies["mine_timeout"] == 300.0
 
 
 def test_the_recipe_retry_inconclusive_reaches_the_gate_task(policies):
