@@ -500,3 +500,56 @@ def test_an_inconclusive_gate_is_retried_with_backoff_then_fails_and_never_promo
     report = json.loads((run / "steps" / "compress.validate" / "gate_report.json").read_text())
     assert report["passed"] is False and report["verdict"] == "inconclusive"
     assert not (run / "steps" / "compress.register").exists()
+
+
+# ----------------------------------------------------------------------------- the pod runner in a real task
+
+POD_DAG = """
+from airflow.sdk import DAG
+from slimops.adapters.airflow import step_operator
+
+with DAG("pod_on_a_refused_cluster", schedule=None) as dag:
+    step_operator("quantize", runner="kubernetes")(
+        task_id="int8", model="/models/digits", model_format="onnx", image="registry.example.com/slimops:0.1.0",
+        kubernetes_conn_id=None, config_file=%(kubeconfig)r, in_cluster=False, retries=0, deferrable=False)
+"""
+
+POD_RUN = """
+    import json
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    dag_run = DagBag(dag_folder=%(dags)r).get_dag("pod_on_a_refused_cluster").test()
+    with create_session() as session:
+        states = {ti.task_id: getattr(ti.state, "value", ti.state) for ti in dag_run.get_task_instances(session=session)}
+        xcoms = {f"{x.task_id}:{x.key}": x.value
+                 for x in session.query(XComModel).filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id)}
+    print(json.dumps({"tasks": states, "xcom": xcoms, "run_id": dag_run.run_id}))
+"""
+
+
+def test_a_pod_task_runs_in_a_real_task_up_to_the_cluster(airflow_env, tmp_path):
+    """No cluster here: a pod task run by dag.test() builds its pod (slimops-quantize) in a real task context and
+    submits it to the kubeconfig's API server, a closed loopback port, which refuses; the task fails on that,
+    with the model directory it would have written already in XCom."""
+    pytest.importorskip("airflow.providers.cncf.kubernetes", reason="apache-airflow-providers-cncf-kubernetes is "
+                        "not installed (pip install slimops[airflow])")
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (tmp_path / "kubeconfig").write_text(
+        'apiVersion: v1\nkind: Config\nclusters: [{name: none, cluster: {server: "https://127.0.0.1:9"}}]\n'
+        "users: [{name: none, user: {token: not-a-secret}}]\n"
+        "contexts: [{name: none, context: {cluster: none, user: none}}]\ncurrent-context: none\n")
+    (dags / "pod_dag.py").write_text(POD_DAG % {"kubeconfig": str(tmp_path / "kubeconfig")})
+    env = {**airflow_env, "AIRFLOW__CORE__DAGS_FOLDER": str(dags), "SLIMOPS_RUNS_DIR": str(tmp_path / "runs")}
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(POD_RUN % {"dags": str(dags)})], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["tasks"] == {"int8": "failed"}
+    out = result["xcom"]["int8:out"]
+    assert out.startswith(str(tmp_path / "runs" / "pod_on_a_refused_cluster")) and out.endswith("/steps/int8")
+    log = done.stdout + done.stderr
+    assert "Building pod slimops-quantize" in log
+    assert "127.0.0.1', port=9): Failed to establish a new connection" in log and "Connection refused" in log
