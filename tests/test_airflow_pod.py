@@ -325,3 +325,11 @@ def test_exit_codes_the_connection_and_per_run_settings(tmp_path):
     assert "checks nothing" in got["empty_gate"]
     assert got["bad_gate"].startswith("task validate: the run's gate (from dag_run.conf)")
     assert "must be a mapping" in got["gate_not_a_mapping"]
+
+
+def test_the_recipe_installed_for_the_shipped_dags_is_the_example():
+    """The DAGs' default recipe ships inside the package (so a DAG file copied anywhere finds it); it is a copy
+    of examples/digits-pipeline.yaml and must stay one."""
+    packaged = REPO / "components" / "slimops" / "adapters" / "airflow" / "recipes" / "digits-pipeline.yaml"
+    assert packaged.read_text() == EXAMPLE.read_text(), "copy examples/digits-pipeline.yaml over the packaged recipe"
+    assert "adapters/airflow/recipes/*.yaml" in (REPO / "pyproject.toml").read_text()  # in the wheel too
