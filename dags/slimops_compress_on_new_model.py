@@ -14,25 +14,23 @@ Triggered two ways:
 - by hand or API with `dag_run.conf` {"model": "/path/to/model_dir"} (`airflow dags trigger
   slimops_compress_on_new_model --conf '{"model": "/path"}'`, or the trigger form).
 
-The recipe ($SLIMOPS_NEW_MODEL_RECIPE, else $SLIMOPS_RECIPE, else
-examples/digits-pipeline.yaml) is a train-then-compress recipe; here
-the incoming model stands for the output of its `train` step, so the train step does not run and the gate
-compares the compressed model against the incoming one. Runs write where slimops_compress_schedule's do, and the
-gate runs in the pool `slimops_benchmark` as there (`airflow pools set slimops_benchmark 1 "..."`).
+The recipe is the Airflow Variable `slimops_recipe` (`airflow variables set slimops_recipe /opt/recipes/x.yaml`;
+picked up at the next parse, no restart), else the digits recipe installed with slimops, so this file works
+copied into any dags folder. A run may give its own `recipe` (same steps) and `gate` (rules replacing the
+recipe's, e.g. {"min_speedup": 1.5}) in its conf or the trigger form. When the recipe has a `train` step, the
+incoming model stands for its output: train does not run and the gate compares the compressed model against the
+incoming one. Runs write where slimops_compress_schedule's do; the registry is the `slimops` connection's
+(`slimops_default`); the gate runs in the pool `slimops_benchmark` (`airflow pools set slimops_benchmark 1 "..."`).
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from airflow.sdk import DAG, Asset, Param
 
-from slimops.adapters.airflow import SlimopsIncomingModelOperator, slimops_task_group
+from slimops.adapters.airflow import SlimopsIncomingModelOperator, dag_recipe, run_params, slimops_task_group
+from slimops.plan import plan_recipe
 
-# The recipe: $SLIMOPS_NEW_MODEL_RECIPE, else $SLIMOPS_RECIPE (both DAGs), else the example next to this repo's dags/.
-RECIPE = os.environ.get("SLIMOPS_NEW_MODEL_RECIPE") or os.environ.get("SLIMOPS_RECIPE") or str(
-    Path(__file__).resolve().parents[1] / "examples" / "digits-pipeline.yaml")
+PLAN = plan_recipe(dag_recipe())
 NEW_MODEL = Asset("slimops_new_model")
 
 with DAG(
@@ -41,10 +39,12 @@ with DAG(
     catchup=False,
     tags=["slimops", "compression"],
     params={"model": Param(None, type=["null", "string"],
-                           description="model directory to compress (else the triggering asset event's extra.model)")},
+                           description="model directory to compress (else the triggering asset event's extra.model)"),
+            **run_params()},
     doc_md=__doc__,
 ) as dag:
     incoming = SlimopsIncomingModelOperator(task_id="incoming_model")
     # Each step retries as the plan says: transforms after a lost worker, the gate on an inconclusive verdict with
     # backoff (in the one-slot pool slimops_benchmark), register / promote never.
-    compress = slimops_task_group(RECIPE, model=incoming, start_after="train", group_id="compress")
+    compress = slimops_task_group(PLAN, model=incoming, group_id="compress",
+                                  start_after="train" if any(c.id == "train" for c in PLAN.chain) else None)

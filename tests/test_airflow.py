@@ -1,7 +1,9 @@
 """The Airflow 3 provider: the DAGs in dags/ import cleanly, run end to end with `dag.test()` on SQLite (a
 passing gate reaches promote, a failing gate stops before register, an inconclusive gate is retried with backoff
 and never promotes), each task retries as the plan says (the gate in the one-slot pool slimops_benchmark), the
-provider registers with Airflow, and recipe errors fail at DAG build time.
+provider registers with Airflow, and recipe errors fail at DAG build time. The recipe reaches the DAGs the ways
+a deployment gives it: per run (`dag_run.conf` recipe / gate) and through the Variable `slimops_recipe` (here
+from Airflow's environment-variable backend, `AIRFLOW_VAR_SLIMOPS_RECIPE`).
 
 Everything that touches Airflow's configuration or database runs in a subprocess with its own AIRFLOW_HOME
 (Airflow reads it once, at import), migrated with the real `airflow db migrate`.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -66,6 +69,14 @@ def airflow_env(tmp_path_factory) -> dict:
     return env
 
 
+def cli_json(stdout: str):
+    """The JSON list an `airflow ... -o json` command prints after its log lines (e.g. "[warning  ] ...", which
+    apache-airflow-providers-cncf-kubernetes 10.5 makes every command print under Airflow 3.3)."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("[") and not re.match(r"\[\w+\s*\]", line))
+    return json.loads("\n".join(lines[start:]))
+
+
 def in_airflow(env: dict, script: str, timeout: float = 600, **extra_env) -> dict:
     """Run ``script`` in a fresh interpreter under ``env``; it prints one JSON line last."""
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env={**env, **extra_env},
@@ -91,7 +102,7 @@ DAG_RUNS = """
             xcoms = {f"{x.task_id}:{x.key}": x.value
                      for x in session.query(XComModel).filter_by(dag_id=dag_id, run_id=dag_run.run_id)}
         return {"state": getattr(dag_run.state, "value", dag_run.state), "tasks": states, "tries": tries,
-                "xcom": xcoms}
+                "xcom": xcoms, "run_id": dag_run.run_id}
 
     bag = DagBag(dag_folder=%r)
     provider = ProvidersManager().providers["slimops"]
@@ -102,24 +113,24 @@ DAG_RUNS = """
         "schedules": {d: [type(bag.dags[d].timetable).__name__, str(bag.dags[d].schedule)] for d in bag.dag_ids},
         "retries": {t: task.retries for t, task in bag.dags["slimops_compress_on_new_model"].task_dict.items()},
         "provider": {"version": provider.version, "package-name": provider.data["package-name"]},
-        "passing": run("slimops_compress_schedule", None),
-        "failing": run("slimops_compress_on_new_model", {"model": %r}),
+        "passing": run("slimops_compress_schedule", {"recipe": %r}),
+        "failing": run("slimops_compress_on_new_model", {"model": %r, "recipe": %r, "gate": {"max_size_ratio": 0.01}}),
     }, default=str))
 """
 
 
 @pytest.fixture(scope="module")
 def dag_runs(airflow_env, tmp_path_factory, digits_trained) -> dict:
-    """DagBag over dags/, then dag.test() of the scheduled DAG with a passing gate and of the new-model DAG (on
-    an already trained digits model) with a gate no model can pass."""
+    """DagBag over dags/ (parsed with the recipe installed with slimops), then dag.test() of the scheduled DAG with
+    a small recipe given for the run (a passing gate), and of the new-model DAG (on an already trained digits
+    model) with the same recipe and, for this run, a gate no model can pass (a size rule)."""
     recipes = tmp_path_factory.mktemp("recipes")
     # Size and accuracy are deterministic here; a speedup measured on a busy 2-core CI machine is not, so the
     # passing gate leaves it out (GatePolicy's default would otherwise ask for >= 1.0).
     passing = small_recipe(recipes / "passing.yaml", {"max_metric_drop": 10.0, "max_size_ratio": 0.5,
                                                       "min_speedup": None})
-    failing = small_recipe(recipes / "failing.yaml", {"min_speedup": 1000.0})
-    return in_airflow(airflow_env, DAG_RUNS % (str(DAGS), str(digits_trained)), timeout=900,
-                      SLIMOPS_SCHEDULE_RECIPE=str(passing), SLIMOPS_NEW_MODEL_RECIPE=str(failing))
+    return in_airflow(airflow_env, DAG_RUNS % (str(DAGS), str(passing), str(digits_trained), str(passing)),
+                      timeout=900)
 
 
 def only_run_dir(runs: Path, dag_id: str) -> Path:
@@ -163,6 +174,11 @@ def test_scheduled_dag_retrains_compresses_and_promotes_on_a_passing_gate(dag_ru
     assert Path(promoted["registry_dir"]) == runs / "registry"
     audit = [json.loads(line) for line in (runs / "registry" / "audit.jsonl").read_text().splitlines()]
     assert (audit[-1]["action"], audit[-1]["model"], audit[-1]["to"]) == ("promote", promoted["name"], promoted["version"])
+    # Who promoted: the DAG run, not the worker's user.
+    assert audit[-1]["who"] == f"slimops_compress_schedule/{result['run_id']}"
+    # The run's recipe reached the steps: 3 epochs, not the DAG's 10.
+    trained = json.loads((run / "steps" / "train" / "manifest.json").read_text())
+    assert trained["config"]["epochs"] == 3
 
 
 def test_new_model_dag_stops_at_a_failing_gate_and_never_promotes(dag_runs, airflow_env, digits_trained):
@@ -180,7 +196,11 @@ def test_new_model_dag_stops_at_a_failing_gate_and_never_promotes(dag_runs, airf
     assert result["xcom"]["compress.validate:gate_passed"] is False
     run = only_run_dir(Path(airflow_env["SLIMOPS_RUNS_DIR"]), "slimops_compress_on_new_model")
     report = json.loads((run / "steps" / "compress.validate" / "gate_report.json").read_text())
-    assert report["passed"] is False and any("speedup" in reason for reason in report["reasons"])
+    # The run's gate (a size no model reaches: deterministic, unlike a speed rule on a busy machine) replaced the
+    # recipe's rule; its other rules stayed.
+    assert report["passed"] is False and any("size_ratio" in reason for reason in report["reasons"]), report
+    manifest = json.loads((run / "steps" / "compress.validate" / "manifest.json").read_text())
+    assert manifest["config"]["gate"]["max_size_ratio"] == 0.01 and manifest["config"]["gate"]["max_metric_drop"] == 10.0
     # The gate compared against the incoming model itself (the recipe's train step did not run).
     manifest = json.loads((run / "steps" / "compress.validate" / "manifest.json").read_text())
     assert manifest["inputs"]["baseline"]["path"] == str(digits_trained)
@@ -191,7 +211,7 @@ def test_provider_is_registered_under_the_distribution_name(airflow_env, dag_run
     listed = subprocess.run([sys.executable, "-m", "airflow", "providers", "list", "-o", "json"], env=airflow_env,
                             capture_output=True, text=True, timeout=300)
     assert listed.returncode == 0, listed.stderr[-3000:]
-    providers = {p["package_name"]: p for p in json.loads(listed.stdout[listed.stdout.index("["):])}
+    providers = {p["package_name"]: p for p in cli_json(listed.stdout)}
     assert providers["slimops"]["version"] == version("slimops")
     # ProvidersManager (what the scheduler and the UI use) found it through the entry point, under the same name.
     assert dag_runs["provider"] == {"version": version("slimops"), "package-name": "slimops"}
@@ -210,7 +230,7 @@ def test_the_readme_command_creates_the_one_slot_benchmark_pool(airflow_env):
     got = subprocess.run([sys.executable, "-m", "airflow", "pools", "get", "slimops_benchmark", "-o", "json"],
                          env=airflow_env, capture_output=True, text=True, timeout=300)
     assert got.returncode == 0, got.stderr[-3000:]
-    pool = json.loads(got.stdout.strip().splitlines()[-1])[0]  # the JSON is the last line, after any warnings
+    pool = cli_json(got.stdout)[0]
     assert pool["pool"] == "slimops_benchmark" and int(pool["slots"]) == 1
 
 BUILD_CHECKS = """
@@ -265,7 +285,7 @@ BUILD_CHECKS = """
 
     events = TriggeringAssetEventsAccessor.build([asset_event(%(old)r, 0), asset_event(%(new)r, 5)])
     hook = SlimopsHook()
-    os.environ["SLIMOPS_RECIPE"] = %(no_gate)r
+    os.environ["AIRFLOW_VAR_SLIMOPS_RECIPE"] = %(no_gate)r  # the Variable slimops_recipe
     bag = DagBag(dag_folder=%(dags)r)
     print(json.dumps({
         "dagbag": {os.path.basename(k): str(v) for k, v in bag.import_errors.items()},
@@ -339,6 +359,7 @@ def test_new_model_comes_from_conf_or_the_newest_asset_event(build_checks):
 
 POLICY_CHECKS = """
     import json
+    from datetime import timedelta
     from airflow.sdk import DAG
     from airflow.serialization.serialized_objects import DagSerialization
     from slimops.adapters.airflow import BENCHMARK_POOL, build_dag, step_operator
@@ -360,7 +381,14 @@ POLICY_CHECKS = """
         register = step_operator("register")(task_id="register", model=gate.output["out"], config={"name": "m"})
         mine = step_operator("validate")(task_id="mine", model="/m", baseline="/b", retries=1, pool="gpu",
                                          config={"data": {"format": "digits", "split": "test"}})
+    def timeouts(dag):
+        scheduled = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+        return {t.task_id: t.execution_timeout and t.execution_timeout.total_seconds() for t in scheduled.tasks}
+
     print(json.dumps({
+        "timeouts": timeouts(build_dag(%(example)r, dag_id="timeouts")),
+        "mine_timeout": step_operator("quantize")(task_id="q", model="/m", dag=DAG("t"),
+                                                  execution_timeout=timedelta(minutes=5)).execution_timeout.total_seconds(),
         "pool": BENCHMARK_POOL,
         "example": policies(build_dag(%(example)r)),
         "custom": policies(build_dag(%(custom)r, dag_id="custom")),
@@ -401,6 +429,14 @@ def test_each_task_retries_as_the_plan_says_and_the_gate_runs_in_the_benchmark_p
     # Side effects: never retried blindly (a second attempt could register twice).
     for task in ("register", "promote"):
         assert example[task]["retries"] == 0 and example[task]["pool"] == "default_pool", task
+
+
+def test_every_task_has_an_execution_timeout_by_its_role(policies):
+    """As the scheduler sees them: a hung step fails its task instead of holding a worker slot (and the benchmark
+    pool) forever; an execution_timeout you pass wins."""
+    assert policies["timeouts"] == {"source": 1800.0, "train": 21600.0, "export": 21600.0, "quantize": 21600.0,
+                                    "validate": 3600.0, "register": 900.0, "promote": 900.0}
+    assert policies["mine_timeout"] == 300.0
 
 
 def test_the_recipe_retry_inconclusive_reaches_the_gate_task(policies):
@@ -451,8 +487,9 @@ def test_an_inconclusive_gate_is_retried_with_backoff_then_fails_and_never_promo
     text["retry_inconclusive"] = {"retries": 1, "backoff_s": 0}  # Airflow waits its minimum, 1-2 s
     recipe.write_text(yaml.safe_dump(text, sort_keys=False))
     runs = tmp_path / "runs"
+    # Through the Variable slimops_recipe: the DAG is parsed with this recipe, so the gate task retries as it says.
     result = in_airflow(airflow_env, INCONCLUSIVE_RUN % {"dags": str(DAGS), "model": str(digits_trained)},
-                        timeout=900, SLIMOPS_NEW_MODEL_RECIPE=str(recipe), SLIMOPS_RUNS_DIR=str(runs))
+                        timeout=900, AIRFLOW_VAR_SLIMOPS_RECIPE=str(recipe), SLIMOPS_RUNS_DIR=str(runs))
     tasks = result["tasks"]
     assert result["state"] == "failed", tasks
     assert tasks["compress.validate"] == "failed" and result["tries"]["compress.validate"] == 2, result
@@ -463,3 +500,56 @@ def test_an_inconclusive_gate_is_retried_with_backoff_then_fails_and_never_promo
     report = json.loads((run / "steps" / "compress.validate" / "gate_report.json").read_text())
     assert report["passed"] is False and report["verdict"] == "inconclusive"
     assert not (run / "steps" / "compress.register").exists()
+
+
+# ----------------------------------------------------------------------------- the pod runner in a real task
+
+POD_DAG = """
+from airflow.sdk import DAG
+from slimops.adapters.airflow import step_operator
+
+with DAG("pod_on_a_refused_cluster", schedule=None) as dag:
+    step_operator("quantize", runner="kubernetes")(
+        task_id="int8", model="/models/digits", model_format="onnx", image="registry.example.com/slimops:0.1.0",
+        kubernetes_conn_id=None, config_file=%(kubeconfig)r, in_cluster=False, retries=0, deferrable=False)
+"""
+
+POD_RUN = """
+    import json
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    dag_run = DagBag(dag_folder=%(dags)r).get_dag("pod_on_a_refused_cluster").test()
+    with create_session() as session:
+        states = {ti.task_id: getattr(ti.state, "value", ti.state) for ti in dag_run.get_task_instances(session=session)}
+        xcoms = {f"{x.task_id}:{x.key}": x.value
+                 for x in session.query(XComModel).filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id)}
+    print(json.dumps({"tasks": states, "xcom": xcoms, "run_id": dag_run.run_id}))
+"""
+
+
+def test_a_pod_task_runs_in_a_real_task_up_to_the_cluster(airflow_env, tmp_path):
+    """No cluster here: a pod task run by dag.test() builds its pod (slimops-quantize) in a real task context and
+    submits it to the kubeconfig's API server, a closed loopback port, which refuses; the task fails on that,
+    with the model directory it would have written already in XCom."""
+    pytest.importorskip("airflow.providers.cncf.kubernetes", reason="apache-airflow-providers-cncf-kubernetes is "
+                        "not installed (pip install slimops[airflow])")
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (tmp_path / "kubeconfig").write_text(
+        'apiVersion: v1\nkind: Config\nclusters: [{name: none, cluster: {server: "https://127.0.0.1:9"}}]\n'
+        "users: [{name: none, user: {token: not-a-secret}}]\n"
+        "contexts: [{name: none, context: {cluster: none, user: none}}]\ncurrent-context: none\n")
+    (dags / "pod_dag.py").write_text(POD_DAG % {"kubeconfig": str(tmp_path / "kubeconfig")})
+    env = {**airflow_env, "AIRFLOW__CORE__DAGS_FOLDER": str(dags), "SLIMOPS_RUNS_DIR": str(tmp_path / "runs")}
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(POD_RUN % {"dags": str(dags)})], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["tasks"] == {"int8": "failed"}
+    out = result["xcom"]["int8:out"]
+    assert out.startswith(str(tmp_path / "runs" / "pod_on_a_refused_cluster")) and out.endswith("/steps/int8")
+    log = done.stdout + done.stderr
+    assert "Building pod slimops-quantize" in log
+    assert "127.0.0.1', port=9): Failed to establish a new connection" in log and "Connection refused" in log

@@ -23,8 +23,17 @@ Airflow does not create pools, and a task whose pool does not exist is never sch
 
     airflow pools set slimops_benchmark 1 "slimops validate: one benchmark at a time"
 
+Every task has an ``execution_timeout`` (``STEP_TIMEOUTS``, by the step's role: a hung benchmark or a stuck
+registry call fails the task instead of holding its slot forever; pass ``execution_timeout=`` to change it).
+The step's progress lines go to the task log at INFO. The registry steps record ``<dag_id>/<run_id>`` as who
+acted in the promotion audit log, and find the registry through the ``slimops`` connection (see ``hooks``).
+
+These operators run the step in the worker process. To run it in the component image instead, use
+``step_operator(step, runner="kubernetes")`` (``slimops.adapters.airflow.pod``): the same step command, in a pod.
+
 The config is checked when the DAG is parsed (unless it holds templates), so a typo fails the DAG import, not
-the run.
+the run. A task built from a recipe (``per_run=True``, as the factory builds them) takes the run's ``recipe`` and
+``gate`` (conf or params) when it runs: see ``per_run``.
 """
 
 from __future__ import annotations
@@ -39,7 +48,8 @@ from airflow.sdk import BaseOperator, XComArg
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from slimops.adapters.airflow import BENCHMARK_POOL
-from slimops.adapters.airflow.hooks import SlimopsHook
+from slimops.adapters.airflow.hooks import DEFAULT_CONN_ID, SlimopsHook
+from slimops.adapters.airflow.per_run import RunSettings, settings_for_run, source_for_run
 from slimops.errors import BadInput, GateFailed
 from slimops.plan import Retry, StepCall
 from slimops.retry import SOURCE_RETRY
@@ -56,11 +66,23 @@ def retry_arguments(retry: Retry | None) -> dict:
             "retry_exponential_backoff": retry.factor, "max_retry_delay": timedelta(seconds=max(retry.waits()))}
 
 
+# How long one try of a step may run, by the step's role. A transform includes train and distill (hours on a
+# CPU for a real model); a gate times two models for a bounded number of rounds; a registry call is seconds.
+STEP_TIMEOUTS = {"source": timedelta(minutes=30), "transform": timedelta(hours=6), "gate": timedelta(hours=1),
+                 "registry": timedelta(minutes=15), "deploy": timedelta(hours=1)}
+DEFAULT_TIMEOUT = timedelta(hours=2)
+
+
+def step_timeout(step: str) -> timedelta:
+    return STEP_TIMEOUTS.get(get_step(step).role, DEFAULT_TIMEOUT) if step != "source" else STEP_TIMEOUTS["source"]
+
+
 def task_policy(step: str, inconclusive: Retry | None = None) -> dict:
-    """How the plan runs ``step`` on Airflow: its retries and, for a gate, the one-slot benchmark pool.
-    ``inconclusive``: the recipe's ``retry_inconclusive`` (default: the recipe default)."""
+    """How the plan runs ``step`` on Airflow: its retries, its execution timeout and, for a gate, the one-slot
+    benchmark pool. ``inconclusive``: the recipe's ``retry_inconclusive`` (default: the recipe default)."""
     call = StepCall(step, step, "", None, {}, False, **({"inconclusive": inconclusive} if inconclusive else {}))
     policy = retry_arguments(call.retry)
+    policy["execution_timeout"] = step_timeout(step)
     if call.gated:
         policy.update(pool=BENCHMARK_POOL, pool_slots=1)
     return policy
@@ -81,16 +103,19 @@ class _SlimopsOperator(BaseOperator):
     """Shared by the slimops operators: where outputs go, and turning slimops errors into task failures."""
 
     ui_color = "#d7f0e3"
+    slimops_task = True  # hands its model directory downstream as XCom "out"
 
     def __init__(self, *, out: str | None = None, runs_dir: str | None = None, registry_dir: str | None = None,
-                 **kwargs):
+                 slimops_conn_id: str | None = DEFAULT_CONN_ID, **kwargs):
         super().__init__(**kwargs)
         self.out = out
         self.runs_dir = runs_dir
         self.registry_dir = registry_dir
+        self.slimops_conn_id = slimops_conn_id
 
     def hook(self) -> SlimopsHook:
-        return SlimopsHook(runs_dir=self.runs_dir, registry_dir=self.registry_dir)
+        return SlimopsHook(slimops_conn_id=self.slimops_conn_id, runs_dir=self.runs_dir,
+                           registry_dir=self.registry_dir)
 
     def output_dir(self, hook: SlimopsHook, context) -> Path:
         if self.out:
@@ -106,7 +131,7 @@ class _SlimopsOperator(BaseOperator):
 
 
 class SlimopsStepOperator(_SlimopsOperator):
-    """Run one slimops step (``slimops step <step>``) on a model directory.
+    """Run one slimops step (``slimops step <step>``) on a model directory, in the worker process.
 
     :param step: the step name (``slimops steps`` lists them); fixed by the per-step subclasses.
     :param model: the input model directory (templated; an upstream ``task.output["out"]`` works).
@@ -119,6 +144,9 @@ class SlimopsStepOperator(_SlimopsOperator):
     :param inconclusive: a gate: how to retry an inconclusive verdict (the recipe's ``retry_inconclusive``;
         default 3 retries after 60 s, doubling). ``retries`` / ``retry_delay`` / ``retry_exponential_backoff``
         given here win over it.
+    :param per_run: take the run's ``recipe`` / ``gate`` (conf or params) when the task runs (see ``slimops.adapters.airflow.per_run``); the factory sets it.
+    :param is_gate: this task is the recipe's gate (the one a run's ``gate`` applies to); default: a validate step.
+    :param slimops_conn_id: the ``slimops`` connection with the registry (see ``SlimopsHook``).
     """
 
     template_fields: Sequence[str] = ("model", "out", "baseline", "config")
@@ -127,13 +155,12 @@ class SlimopsStepOperator(_SlimopsOperator):
 
     def __init__(self, *, model: Any, config: dict | None = None, baseline: Any = None, step: str | None = None,
                  recipe_dir: str | None = None, threads: int | None = None, step_id: str | None = None,
-                 model_format: str | None = None, inconclusive: Retry | None = None, **kwargs):
+                 model_format: str | None = None, inconclusive: Retry | None = None, per_run: bool = False,
+                 is_gate: bool | None = None, **kwargs):
         if (step or self.step_name) in step_names():  # an unknown step is reported below, with the task id
             kwargs = {**task_policy(step or self.step_name, inconclusive), **kwargs}
         super().__init__(**kwargs)
         self.step = step or self.step_name
-        if not self.step:
-            raise BadInput(f"task {self.task_id}: SlimopsStepOperator needs step=NAME (one of {', '.join(step_names())})")
         if self.step_name and step and step != self.step_name:
             raise BadInput(f"task {self.task_id}: {type(self).__name__} runs {self.step_name}, not {step}")
         self.model = model
@@ -142,60 +169,85 @@ class SlimopsStepOperator(_SlimopsOperator):
         self.recipe_dir = recipe_dir
         self.threads = threads
         self.step_id = step_id or self.step
-        parsed = self._check_config()
-        self.model_format = model_format or _format_of(model)
-        self._check_format()
-        # What this task hands downstream, so the next slimops task is checked at parse time too.
-        self.output_format = get_step(self.step).output_format(parsed, self.model_format) if parsed else None
+        self.per_run = per_run
+        self.is_gate = get_step(self.step).role == "gate" if is_gate is None and self.step in step_names() else is_gate
+        self.model_format, self.output_format = check_step(self.task_id, self.step, self.step_id, self.config,
+                                                          self.baseline, self.recipe_dir, model, model_format)
 
-    def _check_config(self) -> None:
-        # Parse time, not run time: an unknown step or option fails the DAG import with slimops' own message.
-        from slimops.core import parse_config
-        from slimops.plan import StepCall
-
-        if self.step not in step_names():
-            raise BadInput(f"task {self.task_id}: unknown step {self.step!r}; known steps: {', '.join(step_names())}")
-        if "baseline" in get_step(self.step).extra_inputs and self.baseline is None:
-            raise BadInput(f"task {self.task_id}: {self.step} compares against a baseline; pass baseline=<model dir "
-                           "or upstream task.output['out']>")
-        if _is_templated(self.config):
-            return None
-        placed = StepCall(self.step_id, self.step, "", None, self.config, False).resolved_config(self.recipe_dir or ".")
-        return parse_config(self.step, placed, where=f"task {self.task_id} config")
-
-    def _check_format(self) -> None:
-        """Parse time: a model whose format is known here (an upstream slimops task's output, a literal directory,
-        or ``model_format=``) must be one the step takes, or the DAG fails to import."""
-        step = get_step(self.step)
-        if self.model_format and self.model_format not in step.accepts:
-            hint = "; put SlimopsExportOperator before it" if step.accepts == ("onnx",) else ""
-            raise BadInput(f"task {self.task_id}: {self.step} takes {' or '.join(step.accepts)} models, and its model "
-                           f"is {self.model_format}{hint}")
+    def settings(self, context) -> RunSettings:
+        """The config, recipe directory and threads of this run (the run's recipe / gate when ``per_run``)."""
+        if not self.per_run:
+            return RunSettings(self.config, self.recipe_dir, self.threads)
+        return settings_for_run(context, task_id=self.task_id, step=self.step, step_id=self.step_id,
+                                config=self.config, recipe_dir=self.recipe_dir, threads=self.threads,
+                                gated=bool(self.is_gate))
 
     def execute(self, context):
         hook = self.hook()
         out = self.output_dir(hook, context)
         try:
-            result = hook.run_step(self.step, self.model, out, self.config, step_id=self.step_id,
-                                   baseline=self.baseline, recipe_dir=self.recipe_dir or Path.cwd(),
-                                   threads=self.threads)
+            run = self.settings(context)
+            if run.where:
+                self.log.info("this run's settings: recipe %s (%s)", run.recipe or "of the DAG", run.where)
+            result = hook.run_step(self.step, self.model, out, run.config, step_id=self.step_id,
+                                   baseline=self.baseline, recipe_dir=run.recipe_dir or Path.cwd(),
+                                   threads=run.threads, actor=run_actor(context), log=self.log)
         except BadInput as err:
             raise AirflowFailException(f"slimops: error: {err}") from None
         except GateFailed as err:  # register / promote refusing a model without a passing gate: final too
             raise AirflowFailException(str(err)) from None
         self.push(context, result)
-        report = Path(result["out"]) / "gate_report.json"
-        if result["status"] == "inconclusive":
-            # Not a verdict: retryable, so Airflow runs the gate again after its backoff (on a quieter machine,
-            # one hopes); when the retries run out the task fails and promotion never runs.
-            raise AirflowException(f"gate inconclusive ({self.step_id}): " + "; ".join(result["reasons"]) +
-                                   f"; report: {report}")
-        if result["status"] == "gate_failed":
-            # Never retried: the same model measured again does not become better; promotion tasks downstream
-            # end up upstream_failed and never run.
-            raise AirflowFailException(f"gate failed ({self.step_id}): " + "; ".join(result["reasons"]) +
-                                       f"; report: {report}")
-        return result
+        return verdict(self.step_id, result, Path(result["out"]) / "gate_report.json")
+
+
+def verdict(step_id: str, result: dict, report) -> dict:
+    """A step's result as the task's end: returned when it passed or was not a gate; an inconclusive gate raises
+    a retryable AirflowException, a failed one AirflowFailException (final)."""
+    if result.get("status") == "inconclusive":
+        # Not a verdict: retryable, so Airflow runs the gate again after its backoff (on a quieter machine,
+        # one hopes); when the retries run out the task fails and promotion never runs.
+        raise AirflowException(f"gate inconclusive ({step_id}): " + _reasons(result) + f"report: {report}")
+    if result.get("status") == "gate_failed":
+        # Never retried: the same model measured again does not become better; promotion tasks downstream
+        # end up upstream_failed and never run.
+        raise AirflowFailException(f"gate failed ({step_id}): " + _reasons(result) + f"report: {report}")
+    return result
+
+
+def _reasons(result: dict) -> str:
+    return "".join(f"{reason}; " for reason in result.get("reasons") or [])
+
+
+def run_actor(context) -> str:
+    """Who acts, for the registry's audit log: the DAG run."""
+    return f"{context['dag'].dag_id}/{context['run_id']}"
+
+
+def check_step(task_id: str, step: str | None, step_id: str, config: dict, baseline: Any, recipe_dir: str | None,
+               model: Any, model_format: str | None) -> tuple[str | None, str | None]:
+    """Parse time, not run time: an unknown step or option, a missing baseline, or a model format the step does
+    not take fails the DAG import with slimops' own message. Returns the model's format (when known here) and the
+    format the step hands downstream, so the next slimops task is checked too."""
+    from slimops.core import parse_config
+
+    if not step:
+        raise BadInput(f"task {task_id}: SlimopsStepOperator needs step=NAME (one of {', '.join(step_names())})")
+    if step not in step_names():
+        raise BadInput(f"task {task_id}: unknown step {step!r}; known steps: {', '.join(step_names())}")
+    if "baseline" in get_step(step).extra_inputs and baseline is None:
+        raise BadInput(f"task {task_id}: {step} compares against a baseline; pass baseline=<model dir "
+                       "or upstream task.output['out']>")
+    parsed = None
+    if not _is_templated(config):
+        placed = StepCall(step_id, step, "", None, config, False).resolved_config(recipe_dir or ".")
+        parsed = parse_config(step, placed, where=f"task {task_id} config")
+    model_format = model_format or _format_of(model)
+    accepts = get_step(step).accepts
+    if model_format and model_format not in accepts:
+        hint = "; put SlimopsExportOperator before it" if accepts == ("onnx",) else ""
+        raise BadInput(f"task {task_id}: {step} takes {' or '.join(accepts)} models, and its model "
+                       f"is {model_format}{hint}")
+    return model_format, get_step(step).output_format(parsed, model_format) if parsed else None
 
 
 class SlimopsSourceOperator(_SlimopsOperator):
@@ -208,17 +260,20 @@ class SlimopsSourceOperator(_SlimopsOperator):
 
     template_fields: Sequence[str] = ("out",)
 
-    def __init__(self, *, model_spec: dict, recipe_dir: str | None = None, **kwargs):
-        super().__init__(**{**retry_arguments(SOURCE_RETRY), **kwargs})
+    def __init__(self, *, model_spec: dict, recipe_dir: str | None = None, per_run: bool = False, **kwargs):
+        super().__init__(**{**retry_arguments(SOURCE_RETRY), "execution_timeout": STEP_TIMEOUTS["source"], **kwargs})
         self.model_spec = dict(model_spec)
         self.recipe_dir = recipe_dir
+        self.per_run = per_run
         self.output_format = "torch" if self.model_spec.get("factory") else None  # for the next task's check
 
     def execute(self, context):
         hook = self.hook()
         out = self.output_dir(hook, context)
         try:
-            path = hook.materialize_source(self.model_spec, out, self.recipe_dir or Path.cwd())
+            spec, recipe_dir = source_for_run(context, self.model_spec, self.recipe_dir) if self.per_run else \
+                (self.model_spec, self.recipe_dir)
+            path = hook.materialize_source(spec, out, recipe_dir or Path.cwd())
         except BadInput as err:
             raise AirflowFailException(f"slimops: error: {err}") from None
         return self.push(context, {"out": str(Path(path).absolute()), "step": "source"})
@@ -234,14 +289,16 @@ class SlimopsIncomingModelOperator(_SlimopsOperator):
 
     template_fields: Sequence[str] = ()
 
-    def __init__(self, *, key: str = "model", **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, *, key: str = "model", must_exist: bool = True, **kwargs):
+        super().__init__(**{"execution_timeout": timedelta(minutes=5), **kwargs})
         self.key = key
+        self.must_exist = must_exist  # False when the steps run in pods and this worker need not see the model
 
     def execute(self, context):
         try:
             path, where = self.hook().incoming_model(context["dag_run"].conf, context.get("params"),
-                                                     context.get("triggering_asset_events"), key=self.key)
+                                                     context.get("triggering_asset_events"), key=self.key,
+                                                     must_exist=self.must_exist)
         except BadInput as err:
             raise AirflowFailException(f"slimops: error: {err}") from None
         self.log.info("incoming model %s (from %s)", path, where)
@@ -267,11 +324,27 @@ def _class_name(step: str) -> str:
     return "Slimops" + "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", step)) + "Operator"
 
 
-def step_operator(step: str) -> type[SlimopsStepOperator]:
-    """The operator class of one step, e.g. ``step_operator("quantize") is SlimopsQuantizeOperator``."""
+RUNNERS = ("local", "kubernetes")
+
+
+def step_operator(step: str, runner: str = "local") -> type[BaseOperator]:
+    """The operator class of one step on a runner: ``step_operator("quantize") is SlimopsQuantizeOperator`` (in
+    the worker process); ``step_operator("quantize", runner="kubernetes")`` runs ``slimops step quantize`` in the
+    component image, in a pod (``slimops.adapters.airflow.pod``; needs apache-airflow-providers-cncf-kubernetes)."""
     if step not in step_names():
         raise BadInput(f"unknown step {step!r}; known steps: {', '.join(step_names())}")
+    check_runner(runner)
+    if runner == "kubernetes":
+        from slimops.adapters.airflow.pod import pod_operator
+
+        return pod_operator(step)
     return globals()[_class_name(step)]
+
+
+def check_runner(runner: str) -> None:
+    if runner not in RUNNERS:
+        raise BadInput(f"runner={runner!r}: choose local (the worker process) or kubernetes (a pod running the "
+                       "component image)")
 
 
 # One operator class per registered step, generated so a new step gets its operator without touching this file.
