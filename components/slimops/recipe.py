@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slimops.data import DataSpec
 from slimops.errors import BadInput
@@ -56,8 +56,14 @@ class Toleration(BaseModel):
     toleration_seconds: int | None = None
 
 
+# Kubernetes quantities, as KFP's set_cpu_request / set_memory_request accept them: checked when the recipe loads.
+CPU_QUANTITY = r"^([0-9]*[.])?[0-9]+m?$"
+MEMORY_QUANTITY = r"^[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?$"
+
+
 class Placement(BaseModel):
-    """Where an orchestrator runs a step: accelerator, node selector, tolerations. Local runs ignore it."""
+    """Where an orchestrator runs a step: accelerator, node selector, tolerations, CPU and memory. Local runs
+    ignore it."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -65,6 +71,16 @@ class Placement(BaseModel):
     accelerator_limit: int | None = Field(None, ge=1, description="how many accelerators (needs accelerator)")
     node_selector: dict[str, str] = Field(default_factory=dict, description="node labels the pod must match")
     tolerations: list[Toleration] = Field(default_factory=list)
+    cpu_request: str | None = Field(None, pattern=CPU_QUANTITY, description="CPUs the pod requests, e.g. 2 or 500m")
+    cpu_limit: str | None = Field(None, pattern=CPU_QUANTITY, description="most CPUs the pod may use")
+    memory_request: str | None = Field(None, pattern=MEMORY_QUANTITY, description="memory requested, e.g. 4Gi")
+    memory_limit: str | None = Field(None, pattern=MEMORY_QUANTITY, description="most memory the pod may use")
+
+    @field_validator("cpu_request", "cpu_limit", "memory_request", "memory_limit", mode="before")
+    @classmethod
+    def _numbers_as_quantities(cls, value):
+        # YAML reads `cpu_request: 2` as a number; Kubernetes takes the same value as a string.
+        return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _limit_needs_type(self):

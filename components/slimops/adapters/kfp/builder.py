@@ -1,6 +1,13 @@
 """A recipe as a KFP pipeline: source -> the compression chain -> ``dsl.If(gate passed)`` promotion,
 ``dsl.Else`` a task that explains the rejection. Recipe errors (unknown step, no gate, a gate that checks
 nothing, no image) raise BadInput here, when the pipeline is built, not later on a cluster.
+
+Why If *and* Else: the KFP backends run a lone ``dsl.If`` fine, but kfp.local (2.17) does not. It evaluates a
+condition against the scope the condition task sits in, and there it looks the channel
+``pipelinechannel--validate-passed`` up as a pipeline input, never as validate's output; the lookup fails, the
+condition counts as false, and the branch is skipped with only the warning "Could not resolve parent input:
+validate-passed". ``dsl.If`` + ``dsl.Else`` compile to a ``condition-branches`` sub-DAG whose inputs carry the
+verdict; inside it the value *is* an input, so both runners take the same branch.
 """
 
 # No `from __future__ import annotations`: KFP reads the pipeline function's annotations as types.
@@ -11,9 +18,9 @@ from kfp import dsl
 from kfp.dsl import Input, Model
 
 from slimops.adapters.kfp import components
-from slimops.adapters.kfp.placement import apply_placement, placements
+from slimops.adapters.kfp.placement import apply_placement, helper_placement, placements
 from slimops.errors import BadInput
-from slimops.plan import Plan, Retry, StepCall, image_reference, plan_recipe
+from slimops.plan import Plan, Retry, StepCall, plan_recipe
 from slimops.recipe import load_recipe
 from slimops.retry import SOURCE_RETRY
 
@@ -54,6 +61,12 @@ class _Tasks:
             components.python_helper("gate_rejected", self.image)
         return make(validated=validated).set_display_name("gate-rejected")
 
+    def gate_report(self, validated):
+        """The container kind's report.html task (the Python kind's validate has the HTML output itself)."""
+        if self.kind != "container":
+            return None
+        return components.container_gate_report(self.image)(validated=validated).set_display_name("gate-report")
+
 
 def _policy(task, call: StepCall):
     """The plan's cache and retry policy: a step with side effects is never cached (a cached register would
@@ -86,25 +99,30 @@ def build_pipeline(recipe_path: str | Path, image: str | None = None, kind: str 
         raise BadInput("give model_uri or model_input, not both: the pipeline starts from one model")
     recipe = load_recipe(recipe_path)
     plan = plan_recipe(recipe)
-    tasks = _Tasks(kind, image_reference(image), plan, recipe_dir)
-    where = placements(recipe)
+    tasks = _Tasks(kind, components.kfp_image(image), plan, recipe_dir)
+    where, helpers = placements(recipe), helper_placement(recipe)
 
     def wire(model):
         if model is None:
             model = (dsl.importer(artifact_uri=model_uri, artifact_class=Model, reimport=False).output if model_uri
-                     else _retry(tasks.source(), SOURCE_RETRY).set_display_name("source").outputs["output_model"])
+                     else apply_placement(_retry(tasks.source(), SOURCE_RETRY).set_display_name("source"),
+                                          helpers).outputs["output_model"])
         models = {"source": model}
         for call in plan.chain:
             task = _policy(apply_placement(tasks.step(call, models, gate=call is plan.gate), where[call.id]), call)
             models[call.id] = task.outputs["output_model"]
             if call is plan.gate:
                 gate = task
+        report = tasks.gate_report(gate.outputs["output_model"])
+        if report is not None:
+            apply_placement(report, helpers)
+        # If *and* Else: the Else is what makes kfp.local resolve the condition (see the module docstring).
         with dsl.If(gate.outputs["passed"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
             for call in plan.promotion:
                 task = _policy(apply_placement(tasks.step(call, models, gate=False), where[call.id]), call)
                 models[call.id] = task.outputs["output_model"]
         with dsl.Else(name="gate-failed"):
-            tasks.rejection(gate.outputs["output_model"])
+            apply_placement(tasks.rejection(gate.outputs["output_model"]), helpers)
 
     if model_input:
         def pipeline(model: Input[Model]):

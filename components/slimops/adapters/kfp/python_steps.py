@@ -13,7 +13,7 @@ list equal to the step registry.
 # No `from __future__ import annotations`: KFP reads the annotations as types to build each interface.
 from typing import Optional
 
-from kfp.dsl import Input, Markdown, Metrics, Model, Output, OutputPath
+from kfp.dsl import HTML, Input, Markdown, Metrics, Model, Output, OutputPath
 
 
 def source(output_model: Output[Model], spec: str, recipe_dir: str = "."):
@@ -80,15 +80,16 @@ def distill(model: Input[Model], output_model: Output[Model], metrics: Output[Me
 
 
 def validate(model: Input[Model], baseline: Input[Model], output_model: Output[Model], metrics: Output[Metrics],
-             passed: OutputPath(bool), config: str = "{}", recipe_dir: str = ".", threads: int = 0,
-             on_gate_fail: str = "exit"):
-    """slimops validate: measure baseline and candidate in one run and apply the gate (passed: the verdict).
+             report: Output[HTML], passed: OutputPath(bool), config: str = "{}", recipe_dir: str = ".",
+             threads: int = 0, on_gate_fail: str = "exit"):
+    """slimops validate: measure baseline and candidate in one run and apply the gate (passed: the verdict;
+    report: the gate's report.html).
 
     on_gate_fail: exit (a failed gate fails the task) or continue (the pipeline branches on passed).
     """
     from slimops.adapters.kfp.runtime import run_step_task
     run_step_task("validate", model, output_model, metrics, config, recipe_dir, threads, baseline=baseline,
-                  passed_path=passed, on_gate_fail=on_gate_fail)
+                  passed_path=passed, on_gate_fail=on_gate_fail, report=report)
 
 
 def register(model: Input[Model], output_model: Output[Model], metrics: Output[Metrics], config: str = "{}",

@@ -33,10 +33,11 @@ def log_metrics(metrics, manifest: dict) -> None:
 
 
 def run_step_task(step: str, model, output_model, metrics, config: str, recipe_dir: str, threads: int,
-                  baseline=None, passed_path: str | None = None, on_gate_fail: str = "exit") -> None:
+                  baseline=None, passed_path: str | None = None, on_gate_fail: str = "exit", report=None) -> None:
     """One recipe step on KFP artifacts. A failed gate writes ``passed`` = false, then fails the task unless
     ``on_gate_fail`` is ``continue`` (the pipeline's gate, which branches on ``passed`` instead). An inconclusive
-    gate always fails the task (GateInconclusive), whatever ``on_gate_fail`` says."""
+    gate always fails the task (GateInconclusive), whatever ``on_gate_fail`` says. ``report`` (an HTML artifact)
+    gets the gate's report.html, passed or failed."""
     from slimops.plan import StepCall, run_call
 
     call = StepCall(id=step, step=step, input="model", baseline=None if baseline is None else "baseline",
@@ -50,6 +51,10 @@ def run_step_task(step: str, model, output_model, metrics, config: str, recipe_d
         # runs the gate again after its backoff.
         raise GateInconclusive(f"gate inconclusive ({step}): " + "; ".join(outcome.reasons), outcome.report)
     log_metrics(metrics, outcome.manifest)
+    if report is not None:
+        from slimops.adapters.kfp.gate_report import write_html_report
+
+        write_html_report(output_model.path, report.path)
     output_model.metadata["slimops_step"] = step
     if outcome.passed is not None:
         output_model.metadata["gate_passed"] = outcome.passed
