@@ -133,3 +133,15 @@ def test_object_names_the_emulator_refuses_to_store_are_refused_too(name):
     with pytest.raises(BadInput, match="would be written outside the model directory"):
         safe_relative(name, "m/")
     assert safe_relative("m/sub/model.onnx", "m/") == "sub/model.onnx"
+
+
+def test_without_google_cloud_storage_a_gs_location_names_the_extra(tmp_path):
+    """An image built without the gcs extra: the start says which extra to add, instead of a traceback."""
+    code = ("import sys; sys.modules['google.cloud.storage'] = None  # as if not installed\n"
+            "from slimops.cli import main; raise SystemExit(main(['serve', '--host', '127.0.0.1']))")
+    env = clean_env(AIP_HTTP_PORT=str(free_port()), AIP_STORAGE_URI=f"gs://{BUCKET}/digits/v1", TMPDIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "slimops[gcs]" in lines[0], done.stderr
+    assert list(tmp_path.iterdir()) == []
