@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-storage = pytest.importorskip("google.cloud.storage", reason="google-cloud-storage (extra slimops[gcs]) is not installed")
+storage = pytest.importorskip("google.cloud.storage",
+                              reason="google-cloud-storage (extra slimops[gcs]) is not installed")
 pytest.importorskip("gcp_storage_emulator", reason="gcp-storage-emulator (extra slimops[test]) is not installed")
 
 from test_serving_contracts import (  # noqa: E402

@@ -144,7 +144,7 @@ def test_checkov_finds_no_failed_checks():
     assert skipped == DOCUMENTED_SKIPS
 
 
-# ----------------------------------------------------------------------------- the module serves what the step registers
+# ----------------------------------------------------------------------------- modules register what the step does
 
 
 def module_resource(module: str, kind: str, name: str) -> dict:
