@@ -318,7 +318,7 @@ def test_a_platform_misconfiguration_exits_2_with_one_line(case, tmp_path):
     empty = tmp_path / "mounted"
     empty.mkdir()
     env, args, says = {
-        "vertex-gcs": ({"AIP_HTTP_PORT": "8080", "AIP_STORAGE_URI": "gs://bucket/model"}, [], "Cloud Storage URI"),
+        "vertex-gcs": ({"AIP_HTTP_PORT": "8080", "AIP_STORAGE_URI": "gs:///model"}, [], "gs://BUCKET/PREFIX"),
         "vertex-port": ({"AIP_HTTP_PORT": "eighty", "AIP_STORAGE_URI": str(empty)}, [], "not a port number"),
         "vertex-route": ({"AIP_PREDICT_ROUTE": "predict", "AIP_STORAGE_URI": str(empty)}, [], "starting with '/'"),
         "unknown-platform": ({"SLIMOPS_SERVE_PLATFORM": "heroku"}, [], "heroku"),

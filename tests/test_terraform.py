@@ -43,7 +43,8 @@ def sample_values() -> dict[str, dict]:
         "type": "sagemaker", "region": "us-east-1", "bucket": "b", "role_arn": "arn:aws:iam::123456789012:role/r",
         "image_uri": "img", "instance_type": "ml.g5.xlarge", "alarms": ["a"]})
     az_target = azureml.AzureMLTarget.model_validate({
-        "type": "azureml", "subscription_id": "s", "resource_group": "g", "workspace": "w", "location": "westeurope"})
+        "type": "azureml", "subscription_id": "s", "resource_group": "g", "workspace": "w", "location": "westeurope",
+        "image_uri": "img"})
     vx_target = vertex.VertexTarget.model_validate({"type": "vertex", "project": "my-project", "bucket": "b",
                                                     "image_uri": "img"})
     return {
@@ -141,3 +142,96 @@ def test_checkov_finds_no_failed_checks():
     # The modules are scanned through the examples' module calls (module.minilm.*).
     skipped = {(c["check_id"], c["resource"].removeprefix("module.minilm.")) for c in results["skipped_checks"]}
     assert skipped == DOCUMENTED_SKIPS
+
+
+# ----------------------------------------------------------------------------- modules register what the step does
+
+
+def module_resource(module: str, kind: str, name: str) -> dict:
+    with open(TERRAFORM / "modules" / module / "main.tf") as handle:
+        parsed = hcl2.load(handle)
+    found = [body[f'"{name}"'] for block in parsed["resource"] for k, body in block.items()
+             if k.strip('"') == kind and f'"{name}"' in body]
+    assert len(found) == 1, (module, kind, name)
+    return found[0]
+
+
+def evaluated(value, tfvars: dict):
+    """A parsed HCL value with `var.X` replaced by the tfvars the deploy step writes: literals and variables only,
+    so an expression the module computes is refused here rather than guessed at."""
+    if isinstance(value, dict):
+        return {k: evaluated(v, tfvars) for k, v in value.items() if k not in ("__is_block__", "__comments__")}
+    if isinstance(value, list):
+        return [evaluated(v, tfvars) for v in value]
+    if isinstance(value, str):
+        if value.startswith("${var.") and value.endswith("}"):
+            return tfvars[value[len("${var."):-1]]
+        assert not value.startswith("${"), f"an expression this test does not evaluate: {value}"
+        return value[1:-1] if value.startswith('"') and value.endswith('"') else value
+    return value
+
+
+def test_the_sagemaker_module_registers_the_container_the_deploy_step_sends():
+    tfvars = sample_values()["sagemaker-endpoint"]
+    model = module_resource("sagemaker-endpoint", "aws_sagemaker_model", "first")
+    [container] = model["primary_container"]
+    sent = sagemaker.container_definition(tfvars["image_uri"], tfvars["model_data_url"])
+    assert evaluated({k: container[k] for k in ("image", "model_data_url", "environment")}, tfvars) == {
+        "image": sent["Image"], "model_data_url": sent["ModelDataUrl"], "environment": sent["Environment"]}
+    assert sent["Environment"] == {"SLIMOPS_SERVE_PLATFORM": "sagemaker"}
+    assert model["enable_network_isolation"] is True  # as the step's CreateModel: the server needs no network
+
+
+def test_the_azureml_module_deploys_the_environment_and_variables_the_deploy_step_sends():
+    from slimops.serving.platforms import AZUREML_ROUTES
+
+    target = azureml.AzureMLTarget.model_validate({
+        "type": "azureml", "subscription_id": "s", "resource_group": "g", "workspace": "w", "location": "westeurope",
+        "image_uri": "example.azurecr.io/slimops:0.1.0"})
+    tfvars = azureml.terraform_variables(target, Rollout(), "minilm-sts", "azureml:m:1")
+    assert tfvars["image_uri"] == target.image_uri
+    # What the step sends: the environment version (image and routes), then the deployment naming it.
+    sent_environment = azureml.environment_entity(target)._to_rest_object().as_dict()["properties"]
+    sent_deployment = azureml.deployment_entity(target, "minilm-sts", "initial", tfvars["model_asset_id"],
+                                                {})._to_rest_object(target.location).as_dict()["properties"]
+    environment = evaluated(module_resource("azureml-online-endpoint", "azapi_resource", "environment_version")
+                            ["body"]["properties"], tfvars)
+    assert environment["image"] == sent_environment["image"] == target.image_uri
+    assert environment["inferenceConfig"] == sent_environment["inferenceConfig"] == {
+        "livenessRoute": {"port": AZUREML_ROUTES["port"], "path": AZUREML_ROUTES["liveness"]},
+        "readinessRoute": {"port": AZUREML_ROUTES["port"], "path": AZUREML_ROUTES["readiness"]},
+        "scoringRoute": {"port": AZUREML_ROUTES["port"], "path": AZUREML_ROUTES["predict"]}}
+    deployment = module_resource("azureml-online-endpoint", "azapi_resource", "first_deployment")["body"]["properties"]
+    assert deployment["environmentId"] == "${azapi_resource.environment_version.id}"
+    assert evaluated(deployment["environmentVariables"], tfvars) == sent_deployment["environmentVariables"] == {
+        "SLIMOPS_SERVE_PLATFORM": "azureml"}
+    assert evaluated(deployment["model"], tfvars) == sent_deployment["model"]
+
+
+def test_no_module_or_example_still_describes_triton():
+    """The endpoints run the slimops image; a Triton variable, env var or image left behind would deploy a server
+    that cannot read the validated model directory."""
+    mentions = [str(path.relative_to(REPO)) for path in sorted(TERRAFORM.rglob("*.tf"))
+                if "triton" in path.read_text().lower()]
+    assert mentions == []
+
+
+def test_the_vertex_module_names_the_container_spec_the_deploy_step_registers():
+    """The google provider has no Vertex model resource: the step's UploadModel registers the container. The
+    module's description of it must be the step's, and the service account the model runs as reads the bucket
+    the step uploads to."""
+    from google.protobuf.json_format import MessageToDict
+
+    spec = MessageToDict(vertex.container_spec(vertex.VertexTarget.model_validate(
+        {"type": "vertex", "project": "my-project", "bucket": "b", "image_uri": "img"}))._pb)
+    assert (spec["args"], spec["env"], spec["ports"], spec["predictRoute"], spec["healthRoute"]) == (
+        ["serve"], [{"name": "SLIMOPS_SERVE_PLATFORM", "value": "vertex"}], [{"containerPort": 8080}], "/predict",
+        "/health")
+    text = (TERRAFORM / "modules" / "vertex-endpoint" / "main.tf").read_text()
+    described = " ".join(line.lstrip("# ") for line in text.splitlines() if line.startswith("#"))
+    for fact in ('args ["serve"]', "SLIMOPS_SERVE_PLATFORM=vertex", "port 8080", "predict route /predict",
+                 "health route /health"):
+        assert fact in described, fact
+    grant = module_resource("vertex-endpoint", "google_storage_bucket_iam_member", "serving_reads")
+    assert grant["role"].strip('"') == "roles/storage.objectViewer"
+    assert grant["member"].strip('"') == "serviceAccount:${google_service_account.serving.email}"

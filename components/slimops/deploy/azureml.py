@@ -237,6 +237,7 @@ def terraform_variables(target: AzureMLTarget, rollout: Rollout, endpoint: str, 
                          f"/providers/Microsoft.MachineLearningServices/workspaces/{target.workspace}"),
         "deployment_name": "initial",
         "model_asset_id": model_uri,
+        "image_uri": target.image_uri,
         "instance_type": target.instance_type,
         "instance_count": target.instance_count,
     }

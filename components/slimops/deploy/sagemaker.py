@@ -94,7 +94,6 @@ class Plan:
     config: str  # endpoint config serving only this model
     canary_config: str  # variants mode: champion + this model
     model_data_url: str
-    triton_name: str
     actions: list[dict] = field(default_factory=list)
     traffic: list[dict] = field(default_factory=list)
 
@@ -102,7 +101,7 @@ class Plan:
     def build(cls, endpoint: str, model_id: str, model_data_url: str) -> "Plan":
         name = resource_name(endpoint, model_id)
         return cls(endpoint=endpoint, model=name, config=name, canary_config=resource_name(f"{endpoint}-canary", model_id),
-                   model_data_url=model_data_url, triton_name=endpoint)
+                   model_data_url=model_data_url)
 
     def did(self, action: str, kind: str, name: str) -> None:
         self.actions.append({"action": action, "kind": kind, "name": name})
@@ -409,7 +408,7 @@ def _delete(hook: SageMakerHook, plan: Plan, kind: str, name: str) -> None:
 
 def tear_down(hook: SageMakerHook, endpoint: str) -> list[dict]:
     """Delete an endpoint with its config and models (the ones its config names)."""
-    plan = Plan(endpoint=endpoint, model="", config="", canary_config="", model_data_url="", triton_name="")
+    plan = Plan(endpoint=endpoint, model="", config="", canary_config="", model_data_url="")
     described = hook.describe_endpoint(endpoint)
     if described is None:
         return plan.actions
@@ -436,9 +435,6 @@ def terraform_variables(target: SageMakerTarget, rollout: Rollout, plan: Plan) -
         "region": target.region,
         "image_uri": target.image_uri,
         "model_data_url": plan.model_data_url,
-        # The module still declares this Triton variable; the slimops image ignores the env var it becomes, and
-        # finds its SageMaker mode by itself (/opt/ml/model), so a module-made endpoint serves the same way.
-        "triton_model_name": plan.triton_name,
         "instance_type": target.instance_type,
         "instance_count": target.instance_count,
         "max_instance_count": max(target.max_instance_count, target.instance_count),

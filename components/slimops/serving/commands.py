@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -130,13 +132,7 @@ def cmd_rollback(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from pydantic import ValidationError
-
-    from slimops.core import validation_message
-    from slimops.serving.app import Endpoint, serve
     from slimops.serving.auth import check_exposure, read_token
-    from slimops.serving.canary import CanaryMonitor, CanaryPolicy
-    from slimops.serving.model import ServedModel
     from slimops.serving.platforms import locate_model, resolve
 
     # Checked before any model loads, and long before anything listens.
@@ -157,7 +153,37 @@ def cmd_serve(args) -> int:
                  "max_connections", "request_timeout", "body_timeout", "idle_timeout"):
         if not getattr(args, flag) > 0:
             raise BadInput(f"--{flag.replace('_', '-')} {getattr(args, flag)} is out of range (it must be above 0)")
-    if contract.platform and not given:
+    if contract.model_uri and not given:
+        from slimops.serving.gcs import download_model
+
+        # Downloaded once, before anything listens; removed when the server stops.
+        downloaded = download_model(contract.model_uri, os.environ)
+        # uvicorn re-raises the SIGTERM it shut down on; as SystemExit it unwinds through the cleanup below.
+        previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+        try:
+            args.champion = str(locate_model(downloaded, _MODEL_SOURCE[contract.platform]))
+            return _serve_models(args, given=False, contract=contract, limits=limits, token=token, host=host,
+                                 port=port)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            shutil.rmtree(downloaded, ignore_errors=True)
+    return _serve_models(args, given, contract, limits, token, host, port)
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _serve_models(args, given, contract, limits, token, host, port) -> int:
+    from pydantic import ValidationError
+
+    from slimops.core import validation_message
+    from slimops.serving.app import Endpoint, serve
+    from slimops.serving.canary import CanaryMonitor, CanaryPolicy
+    from slimops.serving.model import ServedModel
+    from slimops.serving.platforms import locate_model
+
+    if contract.platform and not given and not args.champion:
         if contract.model_dir is None:
             raise BadInput(f"serving for {contract.platform}, but the platform gave no model directory "
                            f"({_MODEL_SOURCE[contract.platform]} is not set); give the model directory with "

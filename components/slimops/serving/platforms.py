@@ -4,7 +4,7 @@ routes to answer, and where the platform puts the model.
 | platform | started as | port | health (GET) | predict (POST) | model directory |
 |---|---|---|---|---|---|
 | sagemaker | ``<image> serve`` | 8080 (``SAGEMAKER_BIND_TO_PORT``) | ``/ping`` | ``/invocations`` | ``/opt/ml/model`` |
-| vertex | args ``serve`` | ``AIP_HTTP_PORT`` (8080) | ``AIP_HEALTH_ROUTE`` | ``AIP_PREDICT_ROUTE`` | ``AIP_STORAGE_URI`` (a local path) |
+| vertex | args ``serve`` | ``AIP_HTTP_PORT`` (8080) | ``AIP_HEALTH_ROUTE`` | ``AIP_PREDICT_ROUTE`` | ``AIP_STORAGE_URI`` (gs://, downloaded at startup, or a local path) |
 | azureml | args ``serve`` | 5001 | ``/`` (liveness and readiness) | ``/score`` | ``AZUREML_MODEL_DIR`` |
 | kserve | args ``serve`` | 8080 | ``/v2/health/live``, ``/v2/health/ready`` | ``/v2/models/{name}/infer`` | ``/mnt/models`` |
 
@@ -46,6 +46,7 @@ class Contract:
     model_dir: Path | None = None  # where the platform put the model; None: it must be given
     health_routes: tuple[str, ...] = ()
     predict_route: str | None = None
+    model_uri: str | None = None  # Vertex AI's gs:// model location, downloaded at startup (slimops.serving.gcs)
 
     @property
     def host(self) -> str:
@@ -85,10 +86,12 @@ def resolve(choice: str | None, env=os.environ, model_given: bool = False) -> Co
         return Contract("sagemaker", _port(env, "SAGEMAKER_BIND_TO_PORT", SAGEMAKER_ROUTES["port"]),
                         SAGEMAKER_MODEL_DIR, (SAGEMAKER_ROUTES["health"],), SAGEMAKER_ROUTES["predict"])
     if platform == "vertex":
+        location = None if model_given else _vertex_model_location(env)
         return Contract("vertex", _port(env, "AIP_HTTP_PORT", VERTEX_ROUTES["port"]),
-                        None if model_given else _vertex_model_dir(env),
+                        location if isinstance(location, Path) else None,
                         (_route(env, "AIP_HEALTH_ROUTE", VERTEX_ROUTES["health"]),),
-                        _route(env, "AIP_PREDICT_ROUTE", VERTEX_ROUTES["predict"]))
+                        _route(env, "AIP_PREDICT_ROUTE", VERTEX_ROUTES["predict"]),
+                        location if isinstance(location, str) else None)
     if platform == "azureml":
         model_dir = env.get("AZUREML_MODEL_DIR")
         return Contract("azureml", AZUREML_ROUTES["port"], Path(model_dir) if model_dir else None,
@@ -113,19 +116,20 @@ def _route(env, name: str, default: str) -> str:
     return route
 
 
-def _vertex_model_dir(env) -> Path | None:
-    """``AIP_STORAGE_URI`` names where Vertex AI copied the model: served when it is a local path (a mounted
-    volume); a gs:// URI is refused with what to do, since this server downloads nothing."""
+def _vertex_model_location(env) -> Path | str | None:
+    """``AIP_STORAGE_URI`` names where Vertex AI copied the model: a gs:// URI (returned as is, downloaded at
+    startup) or a local path (a mounted volume)."""
     uri = env.get("AIP_STORAGE_URI")
     if not uri:
         return None
     if uri.startswith("gs://"):
-        raise BadInput(f"AIP_STORAGE_URI is {uri[:120]}, a Cloud Storage URI; slimops serve reads the model from a "
-                       "local directory and downloads nothing: mount the bucket (Cloud Storage FUSE) and give its "
-                       "path with --champion, or bake the model into the image")
+        from slimops.serving.gcs import split_uri
+
+        split_uri(uri)  # a malformed URI fails here, before anything else starts
+        return uri
     local = uri.removeprefix("file://")
     if "://" in local:
-        raise BadInput(f"AIP_STORAGE_URI is {uri[:120]}; slimops serve takes a local directory")
+        raise BadInput(f"AIP_STORAGE_URI is {uri[:120]}; slimops serve takes a gs:// URI or a local directory")
     return Path(local)
 
 

@@ -12,6 +12,7 @@ module "minilm" {
   workspace_id    = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/ml/providers/Microsoft.MachineLearningServices/workspaces/slimops"
   deployment_name = "initial"
   model_asset_id  = "azureml:minilm-sts-0123456789:1"
+  image_uri       = "example.azurecr.io/slimops:0.1.0"
   instance_type   = "Standard_NC4as_T4_v3"
   instance_count  = 1
 }

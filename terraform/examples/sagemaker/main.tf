@@ -16,9 +16,8 @@ module "minilm" {
   model_name                 = "minilm-sts-0123456789"
   endpoint_config_name       = "minilm-sts-0123456789"
   variant_name               = "primary"
-  image_uri                  = "785573368785.dkr.ecr.us-east-1.amazonaws.com/sagemaker-tritonserver:24.09-py3"
+  image_uri                  = "123456789012.dkr.ecr.us-east-1.amazonaws.com/slimops:0.1.0"
   model_data_url             = "s3://example-slimops-artifacts/slimops/minilm-sts/0123456789/model.tar.gz"
-  triton_model_name          = "minilm-sts"
   instance_type              = "ml.g5.xlarge"
   instance_count             = 1
   max_instance_count         = 4

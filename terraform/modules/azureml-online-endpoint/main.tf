@@ -1,4 +1,5 @@
-# An Azure ML managed online endpoint with its first deployment (a Triton model: no scoring script).
+# An Azure ML managed online endpoint with its first deployment: the registered custom_model (the validated model
+# directory) served by the slimops image as a custom container, in an environment that declares its routes.
 # azurerm has no resource for online endpoints; azapi speaks the ARM API (2024-10-01) directly.
 #
 # terraform creates the endpoint once; `slimops step deploy` then adds each new model as a deployment at 0%,
@@ -24,6 +25,39 @@ resource "azapi_resource" "endpoint" {
   }
 }
 
+# The slimops image and the routes `slimops serve --platform azureml` answers (slimops.serving.platforms.
+# AZUREML_ROUTES; slimops.deploy.azureml.inference_config sends the same). A version per image, like the
+# SDK's anonymous environments: a new image is a new version, never an in-place change.
+
+resource "azapi_resource" "environment" {
+  type      = "Microsoft.MachineLearningServices/workspaces/environments@2024-10-01"
+  name      = "${var.name}-slimops-serve"
+  parent_id = var.workspace_id
+  body = {
+    properties = {
+      description = "slimops serve (custom container)"
+    }
+  }
+}
+
+resource "azapi_resource" "environment_version" {
+  type      = "Microsoft.MachineLearningServices/workspaces/environments/versions@2024-10-01"
+  name      = substr(sha256(var.image_uri), 0, 16)
+  parent_id = azapi_resource.environment.id
+  body = {
+    properties = {
+      image       = var.image_uri
+      osType      = "Linux"
+      description = "slimops serve (custom container)"
+      inferenceConfig = {
+        livenessRoute  = { port = 5001, path = "/" }
+        readinessRoute = { port = 5001, path = "/" }
+        scoringRoute   = { port = 5001, path = "/score" }
+      }
+    }
+  }
+}
+
 resource "azapi_resource" "first_deployment" {
   type      = "Microsoft.MachineLearningServices/workspaces/onlineEndpoints/deployments@2024-10-01"
   name      = var.deployment_name
@@ -40,6 +74,8 @@ resource "azapi_resource" "first_deployment" {
     properties = {
       endpointComputeType       = "Managed"
       model                     = var.model_asset_id
+      environmentId             = azapi_resource.environment_version.id
+      environmentVariables      = { SLIMOPS_SERVE_PLATFORM = "azureml" }
       instanceType              = var.instance_type
       appInsightsEnabled        = true
       egressPublicNetworkAccess = "Disabled"

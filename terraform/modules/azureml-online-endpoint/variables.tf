@@ -23,7 +23,12 @@ variable "deployment_name" {
 
 variable "model_asset_id" {
   type        = string
-  description = "Registered triton_model asset (azureml:<name>:<version> or its resource id)."
+  description = "Registered custom_model asset: the validated model directory (azureml:<name>:<version> or its resource id)."
+}
+
+variable "image_uri" {
+  type        = string
+  description = "The slimops image (infra/container), pushed to a registry the workspace can pull from; it runs `slimops serve`."
 }
 
 variable "instance_type" {

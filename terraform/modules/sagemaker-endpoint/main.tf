@@ -1,5 +1,5 @@
 # A SageMaker real-time endpoint for slimops-validated models: artifact bucket, execution role, the first
-# model/config/endpoint, autoscaling, and the CloudWatch alarms that roll a bad update back.
+# model/config/endpoint (the slimops image in its serving mode), autoscaling, and the CloudWatch alarms that roll a bad update back.
 #
 # terraform creates the endpoint once; later models arrive through `slimops step deploy` (blue/green or
 # canary variants), so the endpoint ignores changes to its endpoint config.
@@ -191,8 +191,10 @@ resource "aws_sagemaker_model" "first" {
   primary_container {
     image          = var.image_uri
     model_data_url = var.model_data_url
+    # slimops serve in its SageMaker mode: port 8080, /ping, /invocations, the model in /opt/ml/model
+    # (slimops.deploy.sagemaker.container_definition sends the same).
     environment = {
-      SAGEMAKER_TRITON_DEFAULT_MODEL_NAME = var.triton_model_name
+      SLIMOPS_SERVE_PLATFORM = "sagemaker"
     }
   }
   tags = local.tags

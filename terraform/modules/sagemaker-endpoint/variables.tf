@@ -28,17 +28,12 @@ variable "variant_name" {
 
 variable "image_uri" {
   type        = string
-  description = "Serving image (Triton)."
+  description = "The slimops image (infra/container), pushed to ECR; SageMaker starts it as `<image> serve`."
 }
 
 variable "model_data_url" {
   type        = string
-  description = "s3:// URL of model.tar.gz (a Triton model repository) uploaded by the deploy step."
-}
-
-variable "triton_model_name" {
-  type        = string
-  description = "Model name inside the Triton repository."
+  description = "s3:// URL of model.tar.gz (the validated model directory's files at its root) uploaded by the deploy step."
 }
 
 variable "instance_type" {

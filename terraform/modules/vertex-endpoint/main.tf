@@ -1,7 +1,11 @@
 # A Vertex AI endpoint, its artifact bucket and the service account the deployed models run as.
 #
-# The google provider manages the endpoint, not the models on it: `slimops step deploy` uploads each
-# validated model (a Triton model repository) and deploys it with its GPU/TPU machine spec and traffic split.
+# The google provider manages the endpoint, not the models on it (it has no resource for a Vertex model):
+# `slimops step deploy` uploads each validated model directory to the bucket and registers it with the slimops
+# image as its container (args ["serve"], SLIMOPS_SERVE_PLATFORM=vertex, port 8080, predict route /predict,
+# health route /health: slimops.deploy.vertex.container_spec), then deploys it with its machine spec and traffic
+# split. The container downloads Vertex AI's copy of the model (gs:// AIP_STORAGE_URI) at startup, as the
+# service account below.
 
 locals {
   labels = merge(var.labels, { "slimops-endpoint" = var.name })

@@ -23,7 +23,7 @@ variable "region" {
 
 variable "artifact_bucket_name" {
   type        = string
-  description = "Cloud Storage bucket for model repositories (created here: CMEK, versioned, private)."
+  description = "Cloud Storage bucket for the validated model directories the deploy step uploads (created here: CMEK, versioned, private)."
 }
 
 variable "kms_key_name" {
