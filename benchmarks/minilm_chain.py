@@ -132,7 +132,7 @@ def gate_decisions(records: list[dict]) -> list[str]:
                      if policy.get("confidence") else f"limit {policy['max_metric_drop']:g}, judged by the point value")
         speed = (f"; speedup {m['speedup']:.2f}x, {level} interval [{m['speedup_ci'][0]:.2f}, {m['speedup_ci'][1]:.2f}] "
                  f"(limit {policy['min_speedup']:g})" if policy.get("min_speedup") else "")
-        lines.append(f"gate `{record['id']}` on {m.get('examples', '?')} STS-B dev pairs: **{report['verdict']}**; "
+        lines.append(f"gate `{record['id']}` on {m.get('examples', '?')} evaluation examples: **{report['verdict']}**; "
                      f"Spearman drop {m['metric_drop']:.2f} points, {level} paired-bootstrap interval "
                      f"[{m['metric_drop_ci'][0]:.2f}, {m['metric_drop_ci'][1]:.2f}] ({drop_rule}){speed}"
                      + (f"; reasons: {'; '.join(report['reasons'])}" if report["reasons"] else ""))
