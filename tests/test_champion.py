@@ -319,7 +319,10 @@ def test_the_readme_champion_example_promotes_then_gates_the_next_run_against_th
     registry_dir = tmp_path / "registry"
     monkeypatch.setenv("SLIMOPS_REGISTRY_DIR", str(registry_dir))
     for run in ("first", "second"):
-        done = run_cli("run", tmp_path / "recipe.yaml", "--out", tmp_path / run)
+        for _ in range(3):  # a busy machine makes the speed rule inconclusive (exit 4): run again, as a user would
+            done = run_cli("run", tmp_path / "recipe.yaml", "--out", tmp_path / run)
+            if done.returncode != 4 or "cannot be judged" not in done.stderr:
+                break
         assert done.returncode == 0, done.stderr[-3000:]
     first, second = gate_report(tmp_path / "first"), gate_report(tmp_path / "second")
     assert first["baseline"]["kind"] == "source" and "no champion for digits-classifier yet" in first["baseline"]["note"]

@@ -141,6 +141,7 @@ NOT_STEP_REFERENCES = {
     ("data.py", "train"): "a data split (digits split: train/test), not the train step",
     ("registry.py", "promote"): "the audit log's action name for a promotion",
     ("serving/commands.py", "promote"): "the `slimops promote` command (moves the champion by hand)",
+    ("adapters/airflow/operators.py", "deploy"): "the deploy role's execution_timeout (a role, not the step)",
     ("adapters/kfp/python_steps.py", "*"): "KFP ships each component as its function's source text, so each "
                                            "step has a written-out function; test_kfp checks them against the registry",
 }

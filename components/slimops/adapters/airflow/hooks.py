@@ -158,7 +158,7 @@ class SlimopsHook(BaseHook):
         """What a step's process needs in its environment, beside its command: who acts (the audit log's "who",
         ``<dag_id>/<run_id>``) and, for the steps that touch the registry, where it is and its credentials."""
         env = {ACTOR_ENV: actor} if actor else {}
-        if get_step(step).role in ("registry", "deploy"):
+        if get_step(step).requires_gate():
             registry = registry or self.registry()
             env[REGISTRY_DIR_ENV] = str(registry.directory)
             env.update(registry.credentials)
@@ -222,7 +222,7 @@ class SlimopsHook(BaseHook):
         gate could not decide: ``gate_passed: None``, no verdict either way). Bad input raises
         ``slimops.errors.BadInput``; a registry or deploy step refusing its model raises GateFailed.
         """
-        registry = self.registry() if get_step(step).role in ("registry", "deploy") else None
+        registry = self.registry() if get_step(step).requires_gate() else None
         config = self.step_config(step, config, registry)
         call = StepCall(id=step_id or step, step=step, input="model",
                         baseline=None if baseline is None else "baseline", config=config, after_gate=False)

@@ -222,7 +222,7 @@ class SlimopsStepPodOperator(_SlimopsPod):
     def prepare(self, context) -> None:
         hook = self.slimops_hook()
         run = self.settings(context)
-        registry = hook.registry() if get_step(self.step).role in ("registry", "deploy") else None
+        registry = hook.registry() if get_step(self.step).requires_gate() else None
         call = self.call(hook.step_config(self.step, run.config, registry))
         gated = call.gated
         argv = call.argv(str(self.model), str(self.output_dir(hook, context)),
