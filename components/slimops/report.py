@@ -112,9 +112,9 @@ def _report(summary: dict, manifests: dict) -> dict:
     if rows:
         tables.append({
             "title": "Baseline vs candidates (measured in this run, same data, same machine)",
-            "header": ["model", str(rows[0]["metric_name"]), "p50 ms (b=1)", "p95 ms (b=1)", "throughput/s (b=32)",
+            "header": ["model", "precision ran", str(rows[0]["metric_name"]), "p50 ms (b=1)", "p95 ms (b=1)", "throughput/s (b=32)",
                        "speedup", "size MB", "peak MB", "fidelity"],
-            "rows": [[str(r["model"]), _fmt(r["metric"]), _fmt(r["p50"]), _fmt(r["p95"]), _fmt(r["throughput"], 1),
+            "rows": [[str(r["model"]), str(r["precision"] or "n/a"), _fmt(r["metric"]), _fmt(r["p50"]), _fmt(r["p95"]), _fmt(r["throughput"], 1),
                       f"{_fmt(r['speedup'])}x", _fmt(r["size"], 1), _fmt(r["peak"], 0), _fmt(r["fidelity"], 4)]
                      for r in rows],
         })
@@ -200,7 +200,8 @@ def _row(name, m, role, speedup, validated_by=None) -> dict:
     return {"model": name, "metric_name": m["metric"], "metric": m[f"{role}_metric"],
             "p50": m[f"{role}_p50_ms"], "p95": m[f"{role}_p95_ms"], "throughput": m[f"{role}_throughput"],
             "speedup": speedup, "size": m[f"{role}_size_mb"], "peak": m.get(f"{role}_peak_mb"),
-            "fidelity": None if role == "baseline" else m.get("fidelity"), "validated_by": validated_by}
+            "fidelity": None if role == "baseline" else m.get("fidelity"), "validated_by": validated_by,
+            "precision": m.get(f"{role}_precision")}
 
 
 def _verdict(summary: dict) -> tuple[str, list[str]]:

@@ -7,7 +7,7 @@ import io
 import json
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from slimops.errors import BadInput
 from slimops.steps import Step, StepConfig, StepResult
@@ -18,6 +18,14 @@ class CompileConfig(StepConfig):
     fusions: Literal["auto", "bert", "none"] = Field("auto", description="transformer fusions: auto = bert for BERT-like text models")
     opt_level: Literal[0, 1, 2, 99] = Field(1, description="ORT level baked into the saved graph; 1 keeps it portable across providers")
     use_gpu: bool = Field(False, description="fuse for the CUDA provider (fp16 targets)")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="openvino: the float precision the IR runs in "
+                                               "(set explicitly: OpenVINO's default is bf16 on AVX512-BF16/AMX CPUs)")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.precision == "bf16" and self.target != "openvino":
+            raise ValueError("precision bf16 is an OpenVINO mode: use target: openvino")
+        return self
 
 
 class Compile(Step):
@@ -40,7 +48,7 @@ class Compile(Step):
         ctx.require_onnx("compile")
         ctx.carry_files()
         if config.target == "openvino":
-            return self._openvino(ctx, info)
+            return self._openvino(ctx, info, config.precision)
         from onnxruntime.transformers.optimizer import optimize_model
 
         bert_like = self._bert_shape(ctx)
@@ -70,15 +78,26 @@ class Compile(Step):
             return None
         return config["num_attention_heads"], config["hidden_size"]
 
-    def _openvino(self, ctx, info):
+    def _openvino(self, ctx, info, precision="fp32"):
         try:
             import openvino as ov
         except ImportError:
             raise BadInput("target 'openvino' needs the OpenVINO runtime: pip install 'slimops[openvino]'") from None
         model = ov.convert_model(str(ctx.model_dir / info.file))
         ov.save_model(model, str(ctx.out_dir / "model.xml"), compress_to_fp16=False)
-        return StepResult(model_info=info.model_copy(update={"format": "openvino", "file": "model.xml"}),
-                          details={"openvino": ov.__version__})
+        from slimops.handlers.openvino_model import compile_properties, ran_precision
+
+        if info.precision not in ("fp32", "bf16"):
+            precision = info.precision  # an int8 IR: its float ops run f32
+        out_info = info.model_copy(update={"format": "openvino", "file": "model.xml", "precision": precision})
+        ran = ran_precision(ov.Core().compile_model(str(ctx.out_dir / "model.xml"), "CPU",
+                                                    compile_properties(precision)))
+        if precision == "bf16" and ran != "bf16":
+            from slimops import progress
+
+            progress.note(f"compile: this CPU has no bf16 arithmetic, OpenVINO runs the bf16 IR in {ran}", "yellow")
+        return StepResult(model_info=out_info,
+                          details={"openvino": ov.__version__, "precision": precision, "precision_ran": ran})
 
 
 STEP = Compile
