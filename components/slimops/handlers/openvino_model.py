@@ -37,6 +37,8 @@ class OpenVinoModel(TextMixin, Runnable):
         self.compiled = core.compile_model(str(self.model_dir / info.file), "CPU", compile_properties(info.precision))
         # What the plugin will compute in, read back from the compiled model (not what was asked for).
         self.precision_ran = ran_precision(self.compiled)
+        if info.precision == "int8":
+            self.precision_ran = f"int8/{self.precision_ran}"  # quantized ops int8, the rest in this float precision
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
         if info.task != "tensor-classification":
             self._init_tokenizer()
