@@ -117,3 +117,25 @@ def test_recipe_run_reports_the_table_and_pareto_plot_and_is_cached(digits_onnx,
     assert again.returncode == 0, again.stderr
     summary = json.loads((run_dir / "run.json").read_text())
     assert [s["status"] for s in summary["steps"]] == ["cached", "cached"]
+
+
+def test_nncf_accuracy_control_runs_when_plain_int8_fails_the_rules(digits_onnx, tmp_path):
+    """The premise is built: calibration images at a twentieth of their brightness give activation ranges that
+    clip real inputs, so NNCF's plain INT8 loses accuracy on every CPU; accuracy control must then run."""
+    pytest.importorskip("nncf")
+    import numpy as np
+
+    from slimops.data import DataSpec, load_dataset
+
+    train = load_dataset(DataSpec(format="digits", split="train", limit=64))
+    np.savez(tmp_path / "dim.npz", x=train.inputs * 0.05, y=train.labels)
+    manifest = auto(digits_onnx, tmp_path / "aac", search={
+        "formats": ["openvino"], "max_metric_drop": 0.5,
+        "calibration": {"format": "npz", "path": str(tmp_path / "dim.npz")}})
+    rows = {r["candidate"]: r for r in manifest["details"]["auto"]["candidates"]}
+    plain = rows["openvino-int8"]
+    assert plain["status"] == "measured" and not plain["accuracy_ok"], "plain INT8 lost nothing: nothing to control"
+    control = rows["openvino-int8-accuracy"]
+    assert control["build"]["mode"] == "quantize_with_accuracy_control"
+    assert control["status"] == "measured" and control["metric_drop"] < plain["metric_drop"]
+    assert all(r["format"] == "openvino" for r in rows.values() if r["status"] == "measured")
