@@ -11,17 +11,6 @@ from slimops.data import DataSpec
 from slimops.errors import BadInput
 from slimops.steps import Step, StepConfig, StepResult
 
-# What each deploy target can serve. SageMaker, Azure ML and Vertex AI run `slimops serve` (ONNX Runtime and the
-# OpenVINO runtime); KServe runs Triton with its onnxruntime backend, which takes ONNX only.
-DEPLOY_FORMATS: dict[str, tuple[str, ...]] = {
-    "local": ("onnx", "openvino"),
-    "sagemaker": ("onnx", "openvino"),
-    "azureml": ("onnx", "openvino"),
-    "vertex": ("onnx", "openvino"),
-    "kserve": ("onnx",),
-}
-
-
 class AutoSearch(StepConfig):
     data: DataSpec = Field(description="evaluation data every candidate is measured on (validate's, or a subset)")
     calibration: DataSpec | None = Field(None, description="inputs for the static INT8 candidates (ORT static, NNCF); "
@@ -150,10 +139,13 @@ class Compile(Step):
         calibration = load_dataset(search.calibration) if search.calibration else None
         if calibration is not None:
             check_inputs(info, calibration, "compile search calibration")
-        takes = DEPLOY_FORMATS[search.serve_on]
+        from slimops.deploy import SERVES, SERVES_WHY
+
+        takes = SERVES[search.serve_on]
         formats = tuple(f for f in takes if search.formats is None or f in search.formats)
-        why = (f"serve_on {search.serve_on} takes {', '.join(takes)} only" if len(takes) < 2
-               else "not in search.formats")
+        why = (f"serve_on {search.serve_on} takes {', '.join(takes)} only"
+               f"{' (' + SERVES_WHY[search.serve_on] + ')' if search.serve_on in SERVES_WHY else ''}"
+               if len(takes) < 2 else "not in search.formats")
         policy = GatePolicy(max_metric_drop=search.max_metric_drop, max_relative_metric_drop=search.max_relative_metric_drop,
                             min_fidelity=search.min_fidelity, min_speedup=None)
         settings = Settings(data=data, calibration=calibration, policy=policy, formats=formats, excluded_why=why,
