@@ -139,3 +139,24 @@ def test_nncf_accuracy_control_runs_when_plain_int8_fails_the_rules(digits_onnx,
     assert control["build"]["mode"] == "quantize_with_accuracy_control"
     assert control["status"] == "measured" and control["metric_drop"] < plain["metric_drop"]
     assert all(r["format"] == "openvino" for r in rows.values() if r["status"] == "measured")
+
+
+def test_the_readme_auto_example_runs_as_copied(tmp_path):
+    """The README's `compile target: auto` steps under the digits pipeline example's model and data."""
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    readme = (repo / "README.md").read_text()
+    start = readme.index("```yaml\n", readme.index("#### compile target: auto")) + len("```yaml\n")
+    steps = yaml.safe_load(readme[start:readme.index("```", start)])["steps"]
+    recipe = yaml.safe_load((repo / "examples" / "digits-pipeline.yaml").read_text())
+    recipe["steps"] = steps
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    done = run_cli("run", tmp_path / "recipe.yaml", "--out", tmp_path / "run")
+    assert done.returncode == 0, done.stderr[-3000:]
+    compiled = json.loads((tmp_path / "run" / "steps" / "compile" / "manifest.json").read_text())
+    found = compiled["details"]["auto"]
+    assert found["chosen"] and sum(r["status"] == "measured" for r in found["candidates"]) >= 3
+    assert "compile auto (compile)" in (tmp_path / "run" / "report.html").read_text()
