@@ -43,6 +43,7 @@ def test_auto_keeps_the_fastest_candidate_that_passes(digits_onnx, tmp_path):
     # The CPU the search was for is in the config (and so the cache key), and in the details.
     assert manifest["config"]["target_hardware"] == found["hardware"]["features"]
     assert found["hardware"]["source"] == "detected"
+    assert manifest["config"]["measured_on"] == found["measured_on"]["features"]
     if __import__("importlib").util.find_spec("openvino"):
         assert "openvino-fp32" in {r["candidate"] for r in measured}
         ov32 = next(r for r in rows if r["candidate"] == "openvino-fp32")
@@ -63,6 +64,8 @@ def test_target_hardware_shapes_the_candidates(digits_onnx, tmp_path):
     manifest = auto(digits_onnx, tmp_path / "c6a", target_hardware="c6a", search={"formats": ["onnx", "openvino"]})
     found = manifest["details"]["auto"]
     assert found["hardware"] == {"name": "aws:c6a", "source": "family", "features": ["avx2"], "level": "avx2"}
+    # The machine that measured is in the config, so in the cache key, too.
+    assert manifest["config"]["measured_on"] == found["measured_on"]["features"]
     rows = {r["candidate"]: r for r in found["candidates"]}
     assert rows["openvino-bf16"]["status"] == "excluded" and "bf16" in rows["openvino-bf16"]["reason"]
     assert rows["ort-int8-dynamic"]["build"]["reduce_range"] is True

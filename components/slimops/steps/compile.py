@@ -44,6 +44,8 @@ class CompileConfig(StepConfig):
         "azure:dv5, gcp:c3, ml.c6i.xlarge) or a feature list [avx2, avx512_vnni, avx512_bf16, amx_int8, ...]; "
         "default: this machine's CPU, detected")
     search: AutoSearch | None = Field(None, description="auto: the data, accuracy rules and timing of the search")
+    measured_on: list[str] | None = Field(None, description="auto: filled in by slimops with the CPU features of the "
+                                          "machine that measures (so a cached search is not reused on another CPU)")
 
     @field_validator("target_hardware")
     @classmethod
@@ -63,7 +65,8 @@ class CompileConfig(StepConfig):
             raise ValueError("precision bf16 is an OpenVINO mode: use target: openvino")
         if self.target == "auto" and self.search is None:
             raise ValueError("target auto needs search: {data: ...} (the data every candidate is measured on)")
-        if self.target != "auto" and (self.search is not None or self.target_hardware is not None):
+        if self.target != "auto" and (self.search is not None or self.target_hardware is not None
+                                      or self.measured_on is not None):
             raise ValueError("search and target_hardware are for target: auto")
         return self
 
@@ -88,10 +91,11 @@ class Compile(Step):
     def resolve(self, config: CompileConfig) -> CompileConfig:
         """auto on this machine: the detected CPU features become the config, so the manifest and the cache key say
         which CPU the search was for (a cached search is not reused on a different CPU)."""
-        if config.target == "auto" and config.target_hardware is None:
+        if config.target == "auto":
             from slimops.hardware import detect
 
-            return config.model_copy(update={"target_hardware": sorted(detect().features)})
+            here = sorted(detect().features)
+            return config.model_copy(update={"target_hardware": config.target_hardware or here, "measured_on": here})
         return config
 
     def run(self, ctx, config: CompileConfig) -> StepResult:
