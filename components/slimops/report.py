@@ -112,10 +112,11 @@ def _report(summary: dict, manifests: dict) -> dict:
     if rows:
         tables.append({
             "title": "Baseline vs candidates (measured in this run, same data, same machine)",
-            "header": ["model", "precision ran", str(rows[0]["metric_name"]), "p50 ms (b=1)", "p95 ms (b=1)", "throughput/s (b=32)",
-                       "speedup", "size MB", "peak MB", "fidelity"],
-            "rows": [[str(r["model"]), str(r["precision"] or "n/a"), _fmt(r["metric"]), _fmt(r["p50"]), _fmt(r["p95"]), _fmt(r["throughput"], 1),
-                      f"{_fmt(r['speedup'])}x", _fmt(r["size"], 1), _fmt(r["peak"], 0), _fmt(r["fidelity"], 4)]
+            "header": ["model", str(rows[0]["metric_name"]), "p50 ms (b=1)", "p95 ms (b=1)", "throughput/s (b=32)",
+                       "speedup", "size MB", "peak MB", "fidelity", "precision ran"],
+            "rows": [[str(r["model"]), _fmt(r["metric"]), _fmt(r["p50"]), _fmt(r["p95"]), _fmt(r["throughput"], 1),
+                      f"{_fmt(r['speedup'])}x", _fmt(r["size"], 1), _fmt(r["peak"], 0), _fmt(r["fidelity"], 4),
+                      str(r["precision"] or "n/a")]
                      for r in rows],
         })
     gate_manifest = manifests.get((summary.get("gate") or {}).get("step"), {})
