@@ -1,8 +1,10 @@
 """Side-by-side quantization benchmark: all-MiniLM-L6-v2 on STS-B dev, one process, alternating rounds.
 
 Variants: PyTorch fp32, ONNX Runtime fp32 (optimum export), the Optimum default
-(ORTQuantizer + AutoQuantizationConfig.avx512_vnni(is_static=False)), and slimops's best quantize
-configuration. Prints a table and, with --write, rewrites BENCHMARKS.md.
+(ORTQuantizer + AutoQuantizationConfig.avx512_vnni(is_static=False)), slimops's best quantize
+configuration, and slimops ``compile target: auto`` (examples/minilm-auto.yaml's compile step: every
+backend/precision candidate for this CPU measured, the fastest within its accuracy rule kept). Prints the tables
+and, with --write, rewrites BENCHMARKS.md (with the CPU model and its int8/bf16 features).
 
     python benchmarks/quantize_minilm.py --write BENCHMARKS.md
 """
@@ -58,7 +60,49 @@ def build_variants(work: Path) -> dict[str, Path]:
     label = f"slimops best: compile (BERT fusions) + dynamic int8 (per_channel={resolved['per_channel']}, " \
             f"reduce_range={resolved['reduce_range']})"
     variants[label] = current
+    if AUTO:
+        auto_dir = work / "auto"
+        if not (auto_dir / "manifest.json").is_file():
+            run_step("compile", exported, auto_dir, auto_config(), threads=THREADS)
+        found = json.loads((auto_dir / "manifest.json").read_text())["details"]["auto"]
+        kept = next(r for r in found["candidates"] if r["chosen"])
+        variants[f"slimops compile target auto: kept {kept['candidate']} ({kept['precision_ran']})"] = auto_dir
     return variants
+
+
+AUTO = True
+
+
+def auto_config() -> dict:
+    """The compile step of examples/minilm-auto.yaml, data paths resolved as `slimops run` resolves them."""
+    from slimops.recipe import load_recipe
+
+    recipe = load_recipe(ROOT / "examples" / "minilm-auto.yaml")
+    return next(step.config for step in recipe.steps if step.step == "compile")
+
+
+def auto_table(work: Path) -> str:
+    """The search's own table: every candidate, measured against the export (ORT fp32 as exported)."""
+    manifest_path = work / "auto" / "manifest.json"
+    if not manifest_path.is_file():
+        return ""
+    found = json.loads(manifest_path.read_text())["details"]["auto"]
+    lines = [f"Search for {found['hardware']['name']} ({found['hardware']['level']}: "
+             f"{', '.join(found['hardware']['features'])}), measured on {found['measured_on']['name']}; "
+             f"{found['metric']} of the export {found['input_metric']:.2f}; speedup vs the export (ORT fp32 as exported), "
+             "batch 32, in alternating rounds.", "",
+             "| candidate | format | precision ran | Spearman x100 | drop vs export | speedup vs export | "
+             "batch-1 p50 ms | size MB | Pareto | result |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in found["candidates"]:
+        if r["status"] != "measured":
+            lines.append(f"| {r['candidate']} | {r['format']} | {r['precision']} | | | | | | | "
+                         f"{r['status']}: {r.get('reason') or ''} |")
+            continue
+        result = "KEPT" if r["chosen"] else "passes" if r["accuracy_ok"] else "fails " + ", ".join(r["failed_rules"])
+        lines.append(f"| {r['candidate']} | {r['format']} | {r['precision_ran']} | {r['metric']:.2f} | "
+                     f"{r['metric_drop']:+.2f} | {r['speedup']:.2f}x | {r['p50_ms']:.2f} | {r['size_mb']:.1f} | "
+                     f"{'yes' if r['pareto'] else ''} | {result} |")
+    return "\n".join(lines)
 
 
 def optimum_default(onnx_dir: Path, out: Path) -> Path:
@@ -102,7 +146,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", help="rewrite this Markdown file with the results")
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench-minilm"), help="where built variants go")
+    parser.add_argument("--no-auto", action="store_true", help="leave out the compile target auto row (its search)")
     args = parser.parse_args()
+    global AUTO
+    AUTO = not args.no_auto
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from slimops.steps.validate import model_size_bytes
@@ -129,10 +176,31 @@ def main() -> int:
             "size": model_size_bytes(Path(variants[name])) / 1e6, "cos": cosine[name],
         })
     table = render(rows)
-    print(table)
+    auto = auto_table(work)
+    verdicts = targets(rows)
+    print(table, auto, verdicts, sep="\n\n")
     if args.write:
-        write(Path(args.write), table)
+        write(Path(args.write), table, auto, verdicts)
     return 0
+
+
+def targets(rows: list[dict]) -> str:
+    """Issue #13's targets for the auto row, stated as met or not on this machine (never adjusted to pass)."""
+    from slimops.hardware import detect
+
+    auto = next((r for r in rows if r["variant"].startswith("slimops compile target auto")), None)
+    if auto is None:
+        return ""
+    hw = detect()
+    if hw.vnni:
+        checks = [(f"throughput >= 3x PyTorch fp32 at batch 32: {auto['speedup']:.2f}x", auto["speedup"] >= 3),
+                  (f"Spearman drop <= 0.3: {auto['drop']:+.2f}", auto["drop"] <= 0.3),
+                  (f">= 1.4x the Optimum default INT8 in the same run: {auto['vs_optimum']:.2f}x", auto["vs_optimum"] >= 1.4)]
+    else:
+        best = max(r["speedup"] for r in rows if not r["variant"].startswith("slimops compile target auto"))
+        checks = [(f"at least the best other row ({best:.2f}x): {auto['speedup']:.2f}x", auto["speedup"] >= best)]
+    return "\n".join([f"Targets of issue #13 on this CPU ({hw.level}):", ""] +
+                     [f"- {'met' if ok else 'NOT met'}: {text}" for text, ok in checks])
 
 
 def render(rows: list[dict]) -> str:
@@ -146,9 +214,9 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write(path: Path, table: str) -> None:
+def write(path: Path, table: str, auto: str = "", verdicts: str = "") -> None:
     write_section(path, "minilm-quantize", "\n".join([
-        "## Quantization alone: all-MiniLM-L6-v2 on STS-B dev",
+        "## Quantization and compile target auto: all-MiniLM-L6-v2 on STS-B dev",
         "",
         f"- Date: {stamp()}",
         f"- Machine: {machine()}; {THREADS} threads for PyTorch and ONNX Runtime",
@@ -160,6 +228,8 @@ def write(path: Path, table: str) -> None:
         f"- Libraries: {_versions()}",
         "",
         table,
+        *(["", "### compile target: auto, the search (examples/minilm-auto.yaml's compile step)", "", auto] if auto else []),
+        *(["", verdicts] if verdicts else []),
     ]))
 
 

@@ -163,9 +163,9 @@ def expected_tables(flatten=lambda v: v) -> dict[str, list[list[str]]]:
     return {
         "Baseline vs candidates (measured in this run, same data, same machine)": [
             ["model", f(METRIC), "p50 ms (b=1)", "p95 ms (b=1)", "throughput/s (b=32)", "speedup", "size MB",
-             "peak MB", "fidelity"],
-            ["baseline", "98.25", "1.23", "2.47", "12,345.7", "1.00x", "4.5", "123", "n/a"],
-            [f(QUANT).strip(), "98.00", "0.62", "1.50", "24,691.2", "2.00x", "1.2", "100", "99.5000"],
+             "peak MB", "fidelity", "precision ran"],
+            ["baseline", "98.25", "1.23", "2.47", "12,345.7", "1.00x", "4.5", "123", "n/a", "n/a"],
+            [f(QUANT).strip(), "98.00", "0.62", "1.50", "24,691.2", "2.00x", "1.2", "100", "99.5000", "n/a"],
         ],
         "Gate checks": [
             ["check", "measured", "rule", "result"],
@@ -275,7 +275,7 @@ def test_plain_values_render_as_before(hostile_run):
     assert md.startswith("# slimops run: tiny-digits\n\n**Gate: FAILED** (step `validate`)\n\n"
                          "- size_ratio 0.6 is not <= 0.5\n\nRecipe `/tmp/recipe.yaml`, finished")
     assert "| size_ratio | 0.2778 | <= 0.5 | pass |" in md
-    assert "| quantize | 98.00 | 0.62 | 1.50 | 24,691.2 | 2.00x | 1.2 | 100 | 99.5000 |" in md
+    assert "| quantize | 98.00 | 0.62 | 1.50 | 24,691.2 | 2.00x | 1.2 | 100 | 99.5000 | n/a |" in md
     assert "<p><strong>Gate: FAILED</strong> (step <code>validate</code>)</p>" in page
     assert "<td>&lt;= 0.5</td>" in page and "<td>24,691.2</td>" in page and "<table>" in page and "<svg" in page
 

@@ -113,9 +113,10 @@ def _report(summary: dict, manifests: dict) -> dict:
         tables.append({
             "title": "Baseline vs candidates (measured in this run, same data, same machine)",
             "header": ["model", str(rows[0]["metric_name"]), "p50 ms (b=1)", "p95 ms (b=1)", "throughput/s (b=32)",
-                       "speedup", "size MB", "peak MB", "fidelity"],
+                       "speedup", "size MB", "peak MB", "fidelity", "precision ran"],
             "rows": [[str(r["model"]), _fmt(r["metric"]), _fmt(r["p50"]), _fmt(r["p95"]), _fmt(r["throughput"], 1),
-                      f"{_fmt(r['speedup'])}x", _fmt(r["size"], 1), _fmt(r["peak"], 0), _fmt(r["fidelity"], 4)]
+                      f"{_fmt(r['speedup'])}x", _fmt(r["size"], 1), _fmt(r["peak"], 0), _fmt(r["fidelity"], 4),
+                      str(r["precision"] or "n/a")]
                      for r in rows],
         })
     gate_manifest = manifests.get((summary.get("gate") or {}).get("step"), {})
@@ -156,6 +157,14 @@ def _report(summary: dict, manifests: dict) -> dict:
         warnings = (gate_manifest.get("details") or {}).get("warnings") or []
         if warnings:
             tables.append({"title": "Warnings", "header": ["warning"], "rows": [[str(w)] for w in warnings]})
+    plots = [{"title": "", **_plot(rows)}] if rows else []
+    for record in summary["steps"]:
+        auto = (manifests[record["id"]].get("details") or {}).get("auto")
+        if isinstance(auto, dict) and auto.get("candidates"):
+            table, plot = _auto_table(str(record["id"]), auto)
+            tables.append(table)
+            if plot:
+                plots.append(plot)
     steps = []
     for record in summary["steps"]:
         ran_for = manifests[record["id"]].get("seconds")
@@ -177,7 +186,7 @@ def _report(summary: dict, manifests: dict) -> dict:
         "recipe": str(summary["recipe"]),
         "finished": str(summary["finished"]),
         "seconds": f"{summary['seconds']:.1f}",
-        "plot": _plot(rows) if rows else None,
+        "plots": plots,
         "tables": tables,
     }
 
@@ -200,7 +209,8 @@ def _row(name, m, role, speedup, validated_by=None) -> dict:
     return {"model": name, "metric_name": m["metric"], "metric": m[f"{role}_metric"],
             "p50": m[f"{role}_p50_ms"], "p95": m[f"{role}_p95_ms"], "throughput": m[f"{role}_throughput"],
             "speedup": speedup, "size": m[f"{role}_size_mb"], "peak": m.get(f"{role}_peak_mb"),
-            "fidelity": None if role == "baseline" else m.get("fidelity"), "validated_by": validated_by}
+            "fidelity": None if role == "baseline" else m.get("fidelity"), "validated_by": validated_by,
+            "precision": m.get(f"{role}_precision")}
 
 
 def _verdict(summary: dict) -> tuple[str, list[str]]:
@@ -262,9 +272,39 @@ def _step_note(record: dict, manifest: dict) -> str:
     return "; ".join(notes)
 
 
-def _plot(rows: list[dict]) -> dict:
-    """Metric vs batch-1 p50 latency; marker area proportional to size on disk. Coordinates only: the template
-    draws it, so the labels (model ids, metric name) are escaped like every other value."""
+def _auto_table(step_id: str, auto: dict) -> tuple[dict, dict | None]:
+    """compile auto's candidates: every one built, measured, excluded or failed, and the one kept; and the
+    Pareto plot of metric against speedup (the front and the kept candidate marked)."""
+    hw = auto.get("hardware") or {}
+    here = auto.get("measured_on") or {}
+    title = (f"compile auto ({step_id}): candidates for {hw.get('name')} [{', '.join(map(str, hw.get('features') or []))}]"
+             f", measured on {here.get('name')}; speedup vs {auto.get('speedup_vs')}")
+    rows = []
+    for r in auto["candidates"]:
+        measured = r.get("status") == "measured"
+        verdict = ("KEPT" if r.get("chosen") else "passes" if r.get("accuracy_ok") else
+                   "fails " + ", ".join(map(str, r.get("failed_rules") or []))) if measured else str(r.get("status"))
+        rows.append([str(r["candidate"]), str(r["format"]), str(r.get("precision_ran") or r.get("precision")),
+                     _fmt(r.get("metric")), _fmt(r.get("metric_drop")),
+                     f"{_fmt(r.get('speedup'))}x" if measured else "n/a", _fmt(r.get("p50_ms"), 3),
+                     _fmt(r.get("size_mb"), 2), "yes" if r.get("pareto") else "", verdict, str(r.get("reason") or "")])
+    table = {"title": title, "header": ["candidate", "format", "precision ran", str(auto.get("metric")), "drop",
+                                        "speedup", "p50 ms (b=1)", "size MB", "Pareto", "accuracy rules", "why not built"],
+             "rows": rows}
+    points = [r for r in auto["candidates"] if r.get("status") == "measured"]
+    if not points:
+        return table, None
+    plot = _plot([{"model": r["candidate"], "p50": r["speedup"], "metric": r["metric"], "size": r["size_mb"],
+                   "colour": "#1a7f37" if r.get("chosen") else "#0969da" if r.get("pareto") else "#57606a"}
+                  for r in points], x_title="speedup vs the step's input (batch throughput)", y_title=str(auto.get("metric")))
+    plot["title"] = f"compile auto ({step_id}): {auto.get('metric')} vs speedup (green: kept, blue: Pareto front)"
+    return table, plot
+
+
+def _plot(rows: list[dict], x_title: str = "latency p50, batch 1 (ms)", y_title: str | None = None) -> dict:
+    """Metric vs batch-1 p50 latency (or, for compile auto, vs speedup: the rows' ``p50``); marker area proportional
+    to size on disk. Coordinates only: the template draws it, so the labels (model ids, metric name) are escaped
+    like every other value."""
     width, height, pad = 760, 360, 60
     xs, ys = [r["p50"] for r in rows], [r["metric"] for r in rows]
     x_lo, x_hi = 0.0, max(xs) * 1.3  # room for the labels right of the markers
@@ -286,13 +326,14 @@ def _plot(rows: list[dict]) -> dict:
     for r in rows:
         radius = 4 + 22 * math.sqrt(r["size"] / biggest)
         points.append({"cx": f"{px(r['p50']):.1f}", "cy": f"{py(r['metric']):.1f}", "r": f"{radius:.1f}",
-                       "colour": "#57606a" if r["model"] == "baseline" else "#0969da",
+                       "colour": r.get("colour") or ("#57606a" if r["model"] == "baseline" else "#0969da"),
                        "title": f"{r['model']}: {r['size']:.1f} MB",
                        "label_x": f"{px(r['p50']) + radius + 4:.1f}", "label_y": f"{py(r['metric']) + 4:.1f}",
                        "label": f"{r['model']} ({r['size']:.0f} MB)"})
     return {"width": width, "height": height, "pad": pad, "x_axis": height - pad, "x_right": width - pad,
             "x_title": f"{width / 2}", "x_title_y": height - 15, "y_title_y": f"{height / 2}",
-            "tick_label_y": height - pad + 16, "tick_label_x": pad - 6, "y_title": str(rows[0]["metric_name"]),
+            "tick_label_y": height - pad + 16, "tick_label_x": pad - 6, "x_label": x_title,
+            "y_title": y_title or str(rows[0]["metric_name"]),
             "ticks": ticks, "points": points}
 
 

@@ -30,6 +30,18 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from slimops.errors import BadInput
 from slimops.manifest import MANIFEST, digest_of, link_or_copy, write_json_atomic
 
+# The model formats each target serves. SageMaker, Azure ML and Vertex AI run `slimops serve` (ONNX Runtime and the
+# OpenVINO runtime); KServe runs Triton with its onnxruntime backend (triton_config), which takes ONNX only. `local`
+# is `slimops serve` on this machine. compile target auto leaves out of its search what its serve_on cannot take.
+SERVES: dict[str, tuple[str, ...]] = {
+    "local": ("onnx", "openvino"),
+    "sagemaker": ("onnx", "openvino"),
+    "azureml": ("onnx", "openvino"),
+    "vertex": ("onnx", "openvino"),
+    "kserve": ("onnx",),
+}
+SERVES_WHY = {"kserve": "Triton's onnxruntime backend"}
+
 MAX_CANARY_PERCENT = 50  # a canary is a minority of traffic; more than half is a cut-over, not a canary
 LINEAGE_FILES = (MANIFEST, "gate_report.json")
 

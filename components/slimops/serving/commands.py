@@ -19,7 +19,7 @@ from slimops.serving.limits import Limits
 
 
 def add_commands(sub) -> None:
-    serve = sub.add_parser("serve", help="serve ONNX models over the Open Inference Protocol v2 (REST), with a canary; "
+    serve = sub.add_parser("serve", help="serve ONNX models (or OpenVINO IR) over the Open Inference Protocol v2 (REST), with a canary; "
                                          "--platform: under SageMaker, Vertex AI, Azure ML or KServe's container "
                                          "contract")
     platform = serve.add_argument_group(

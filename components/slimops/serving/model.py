@@ -1,4 +1,5 @@
-"""One served model: an ONNX Runtime session built by ``slimops.handlers`` (plain or packed ONNX), its OIP
+"""One served model: an ONNX Runtime session built by ``slimops.handlers`` (plain or packed ONNX), or an OpenVINO
+compiled model (an IR that compile auto or target openvino kept, at the precision it was validated in), its OIP
 metadata, and inference on validated arrays.
 
 Text models take their token tensors (``input_ids``, ``attention_mask``, ``token_type_ids``, INT64) or, in
@@ -20,6 +21,7 @@ from slimops.handlers import describe, load
 from slimops.serving.limits import Limits
 from slimops.serving.oip import RequestError, TensorSpec, parse_request, quote, spec_from_ort, tensor_output
 
+SERVABLE = ("onnx", "onnx-packed", "openvino")
 TEXT_INPUT = "text"
 EMBEDDING_OUTPUT = "embedding"
 
@@ -28,11 +30,13 @@ class ServedModel:
     def __init__(self, name: str, version: str, model_dir: Path, threads: int | None = None):
         self.name, self.version, self.model_dir = name, str(version), Path(model_dir)
         self.info = describe(self.model_dir)
-        if self.info.format not in ("onnx", "onnx-packed"):
-            raise BadInput(f"{model_dir} holds a {self.info.format} model; serve runs ONNX models "
+        if self.info.format not in SERVABLE:
+            raise BadInput(f"{model_dir} holds a {self.info.format} model; serve runs ONNX models and OpenVINO IR "
                            "(run the export step first)")
         self.runnable = load(self.model_dir, self.info, threads)
-        self.session = self.runnable.session
+        self.platform = "openvino_ir" if self.info.format == "openvino" else "onnxruntime_onnx"
+        self.session = (OpenVinoSession(self.runnable.compiled) if self.info.format == "openvino"
+                        else self.runnable.session)
         try:
             self.inputs = {s.name: s for s in map(spec_from_ort, self.session.get_inputs())}
             graph_outputs = [spec_from_ort(o) for o in self.session.get_outputs()]
@@ -53,7 +57,7 @@ class ServedModel:
                 self.default_outputs = [EMBEDDING_OUTPUT]
 
     def metadata(self) -> dict:
-        return {"name": self.name, "versions": [self.version], "platform": "onnxruntime_onnx",
+        return {"name": self.name, "versions": [self.version], "platform": self.platform,
                 "inputs": [s.metadata() for s in self.inputs.values()],
                 "outputs": [s.metadata() for s in self.outputs.values()]}
 
@@ -131,3 +135,40 @@ def _token_limits(model_dir: Path, max_length: int) -> tuple[int | None, int | N
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     return (config.get("vocab_size"), config.get("type_vocab_size"),
             int(config.get("max_position_embeddings") or max_length))
+
+
+_OV_TYPES = {"f32": "tensor(float)", "f16": "tensor(float16)", "f64": "tensor(double)", "i64": "tensor(int64)",
+             "i32": "tensor(int32)", "i16": "tensor(int16)", "i8": "tensor(int8)", "u8": "tensor(uint8)",
+             "u16": "tensor(uint16)", "u32": "tensor(uint32)", "u64": "tensor(uint64)", "boolean": "tensor(bool)"}
+
+
+class _Port:
+    """An OpenVINO port as ONNX Runtime's NodeArg reads (name, type, shape), for the OIP specs."""
+
+    def __init__(self, port):
+        self.name = port.get_any_name()
+        type_name = port.get_element_type().get_type_name()
+        if type_name not in _OV_TYPES:
+            raise ValueError(f"OpenVINO type {type_name} has no Open Inference Protocol datatype")
+        self.type = _OV_TYPES[type_name]
+        self.shape = [dim.get_length() if dim.is_static else None for dim in port.get_partial_shape()]
+
+
+class OpenVinoSession:
+    """The slice of ``onnxruntime.InferenceSession`` that serving uses, over an OpenVINO compiled model. One infer
+    request per call: a compiled model is shared by the inference threads, an infer request is not."""
+
+    def __init__(self, compiled):
+        self.compiled = compiled
+
+    def get_inputs(self):
+        return [_Port(p) for p in self.compiled.inputs]
+
+    def get_outputs(self):
+        return [_Port(p) for p in self.compiled.outputs]
+
+    def run(self, names, feeds, options=None):
+        request = self.compiled.create_infer_request()
+        results = request.infer(feeds)
+        by_name = {port.get_any_name(): np.asarray(value) for port, value in results.items()}
+        return [by_name[name] for name in names]

@@ -22,11 +22,12 @@ from typing import Annotated, Union
 
 from pydantic import Field
 
-from slimops.deploy import Rollout, azureml, kserve, model_hash, sagemaker, vertex
+from slimops.deploy import SERVES, SERVES_WHY, Rollout, azureml, kserve, model_hash, sagemaker, vertex
 from slimops.deploy.azureml import AzureMLTarget
 from slimops.deploy.kserve import KServeTarget
 from slimops.deploy.sagemaker import SageMakerTarget
 from slimops.deploy.vertex import VertexTarget
+from slimops.errors import BadInput
 from slimops.manifest import MANIFEST, link_or_copy, write_json_atomic
 from slimops.steps import Step, StepConfig, StepResult
 
@@ -45,7 +46,7 @@ class Deploy(Step):
     name = "deploy"
     summary = "validated model -> SageMaker / Azure ML / Vertex AI endpoint with canary, or KServe manifests"
     Config = DeployConfig
-    accepts = ("onnx",)
+    accepts = ("onnx", "openvino")  # per target: SERVES (KServe's Triton takes ONNX only)
     role = "deploy"
     side_effects = True
     extra = "aws, azure or gcp (by target; none for kserve)"
@@ -54,7 +55,13 @@ class Deploy(Step):
         from slimops.gate import require_passing_gate
 
         report = require_passing_gate(ctx.model_dir)  # GateFailed (exit 3) before anything else happens
-        ctx.require_onnx("deploy")
+        fmt = ctx.model_info.format
+        if fmt != "openvino":
+            ctx.require_onnx("deploy")
+        elif fmt not in SERVES[config.target.type]:
+            raise BadInput(f"target {config.target.type} serves {', '.join(SERVES[config.target.type])} models "
+                           f"({SERVES_WHY.get(config.target.type, 'its runtime')}), and {ctx.model_dir} holds {fmt}; "
+                           f"compile with search.serve_on: {config.target.type} so the search leaves {fmt} out")
         model_id = model_hash(report)
         record = {"target": config.target.type, "endpoint": config.name, "model_id": model_id,
                   "gate": {"passed": report["passed"], "checks": report.get("checks", [])},

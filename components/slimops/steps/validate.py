@@ -107,6 +107,9 @@ class Validate(Step):
             "size_ratio": sizes["candidate"] / sizes["baseline"] if sizes["baseline"] else None,
             "baseline_peak_mb": memory.get("baseline"),
             "candidate_peak_mb": memory.get("candidate"),
+            # The precision each model ran in, as its runtime reports it (OpenVINO's own property), not as asked.
+            "baseline_precision": getattr(models["baseline"], "precision_ran", None) or baseline_info.precision,
+            "candidate_precision": getattr(models["candidate"], "precision_ran", None) or candidate_info.precision,
             "batch_size": config.batch_size,
             "examples": len(dataset),
             "threads": threads,
