@@ -8,7 +8,7 @@ from pydantic import Field
 
 from slimops import memprobe, progress
 from slimops.champion import ChampionRef, resolve_baseline
-from slimops.data import DataSpec, load_dataset
+from slimops.data import DataSpec, label2id_of, load_dataset
 from slimops.evaluate import (alternate_latency, batches, check_inputs, drop_interval, fidelity, metric_name,
                               predict_all, sample_size_warnings, task_metrics)
 from slimops.gate import SPEED_CONFIDENCE, GatePolicy, check, reasons, sign, verdict
@@ -45,9 +45,9 @@ class Validate(Step):
     extra_inputs = ("baseline",)
 
     def run(self, ctx, config: ValidateConfig) -> StepResult:
-        dataset = load_dataset(config.data)
         baseline = resolve_baseline(ctx, config.champion)  # the champion's verified files, or --baseline
         baseline_dir = baseline.path
+        dataset = load_dataset(config.data, label2id_of(ctx.model_dir, baseline_dir))  # string labels: model's ids
         baseline_info, candidate_info = describe(baseline_dir), ctx.model_info
         name = metric_name(candidate_info.task, dataset)
         metric_name(baseline_info.task, dataset)
