@@ -55,7 +55,7 @@ def minilm_path() -> Path:
 
 
 def build(out: Path, sts: Path, steps: int = 150, batch_size: int = 16, lr: float = 5e-5, seed: int = 0,
-          max_length: int = 64, frozen_layers: int = 0, threads: int | None = None) -> dict:
+          max_length: int = 128, frozen_layers: int = 0, threads: int | None = None) -> dict:
     """Fine-tune and save to ``out`` (a Hugging Face directory); return the training record.
 
     ``frozen_layers``: the embeddings and this many lower encoder layers keep MiniLM's weights (no backward pass
