@@ -142,3 +142,29 @@ def test_an_unknown_column_key_is_refused_at_its_recipe_line(tmp_path):
 def test_a_label_index_reads_integers_as_ids(tmp_path):
     (tmp_path / "d.tsv").write_text("text\tlabel\nok\t2\nfine\t0\n")
     assert np.array_equal(load(tmp_path, "tsv", "d.tsv", label2id={"a": 0, "b": 1, "c": 2}).labels, [2, 0])
+
+
+def test_image_classification_is_the_torch_factory_task(tmp_path, digits_source):
+    """task: image-classification names what a PyTorch factory (architecture.json) model is; a Hugging Face vision
+    model is refused as not supported yet, and an unknown task name says which ones work."""
+    from slimops.handlers import describe
+    from slimops.recipe import load_recipe
+
+    assert describe(digits_source, "image-classification").task == "tensor-classification"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("name: digits\nmodel: {factory: 'slimops.zoo.digits:DigitsCNN', input_shape: [1, 8, 8], "
+                      "task: image-classification}\nsteps:\n  - step: export\n")
+    assert load_recipe(recipe).steps[0].config == {"task": "image-classification"}
+    recipe.write_text(recipe.read_text().replace("image-classification", "object-detection"))
+    with pytest.raises(BadInput) as err:
+        load_recipe(recipe)
+    assert f"{recipe}:2" in one_line(err.value) and "unknown task 'object-detection'" in str(err.value)
+    hf = tmp_path / "vit"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"architectures": ["ViTForImageClassification"], "model_type": "vit"}))
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.zeros(2, dtype=np.float32)}, str(hf / "model.safetensors"))
+    with pytest.raises(BadInput) as err:
+        describe(hf)
+    assert "Hugging Face vision model is not supported yet" in one_line(err.value)

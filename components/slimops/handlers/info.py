@@ -45,11 +45,11 @@ TASKS: dict[str, str | None] = {
     "text-classification": "text-classification",
     "token-classification": None,
     "question-answering": None,
-    "image-classification": None,
+    "image-classification": "tensor-classification",  # through a PyTorch factory (architecture.json) or its ONNX
     "text-generation": None,
     "fill-mask": None,
 }
-SUPPORTED_TASKS = ("feature-extraction", "text-classification")
+SUPPORTED_TASKS = ("feature-extraction", "text-classification", "image-classification")
 # config.json architectures suffix -> optimum task.
 HEADS = (("ForSequenceClassification", "text-classification"), ("ForTokenClassification", "token-classification"),
          ("ForQuestionAnswering", "question-answering"), ("ForImageClassification", "image-classification"),
@@ -106,7 +106,8 @@ def _describe(model_dir: Path, names: set[str], task: str | None = None) -> Mode
     if manifest and manifest.get("model"):
         try:
             info = ModelInfo.model_validate(manifest["model"])
-            if task and info.task != "tensor-classification" and info.task != task_of(task, "task"):
+            if task and "tensor-classification" not in (info.task, task_of(task, "task")) \
+                    and info.task != task_of(task, "task"):
                 info = info.model_copy(update={"task": task_of(task, "task"),
                                                "normalize": task_of(task, "task") == "sentence-embedding"})
             return info
@@ -230,6 +231,9 @@ def _describe_hf(model_dir: Path, names: set[str], task: str | None = None) -> M
     config = _read_json(model_dir / "config.json")
     name = task or infer_task(model_dir, config, names)
     kind = task_of(name, f"{model_dir}" if task is None else "task")
+    if kind == "tensor-classification":
+        raise BadInput(f"{model_dir}: image-classification from a Hugging Face vision model is not supported yet; give "
+                       "the model as a PyTorch factory (architecture.json + safetensors) or as ONNX")
     if kind == "text-classification":
         return ModelInfo(format="hf", task="text-classification", file="model.safetensors",
                          num_labels=len(config.get("id2label", {})) or None, normalize=False)
