@@ -63,6 +63,8 @@ def test_csv_quoting_header_detection_and_index_columns(tmp_path):
     assert data.inputs == [("x", "u"), ("z", "v")] and data.labels.tolist() == [1, 0]
     (tmp_path / "c.csv").write_text('x,u,1\nz,v,0\n')  # no header at all
     assert len(load(tmp_path, "csv", "c.csv", label2id=None, columns={"text": 0, "text_pair": 1, "label": 2})) == 2
+    (tmp_path / "e.csv").write_text("text,score\nfine,1\npoor,0\n")  # a header naming only the text column
+    assert load(tmp_path, "text-classification", "e.csv", label2id=None).labels.tolist() == [1, 0]
     # the old index-based layout still reads as it did
     (tmp_path / "d.csv").write_text("fine,1\npoor,0\n")
     assert load(tmp_path, "text-classification", "d.csv", label2id=None).labels.tolist() == [1, 0]

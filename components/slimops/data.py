@@ -428,6 +428,8 @@ def _map_columns(spec: DataSpec, names: list[str] | None, path: Path, rows: list
                     break
         if "text" not in roles and len(names) == 2:
             return {"text": 0, "label": 1}  # two unnamed columns: text, then label (as text-classification reads)
+        if "text" in roles and "label" not in roles and spec.format == "text-classification":
+            roles["label"] = spec.label_column  # the label column by index, as text-classification always read it
         if "text" not in roles:
             raise BadInput(f"{path}: cannot tell which column holds the text (columns: {shown}); name them, e.g. "
                            "columns: {text: sentence1, text_pair: sentence2, label: label}")
