@@ -81,6 +81,8 @@ def test_jsonl_and_parquet(tmp_path):
     pq.write_table(pa.table({"sentence": [a for a, _, _ in PAIRS], "label": [1, 0, 1]}), tmp_path / "d.parquet")
     data = load(tmp_path, "parquet", "d.parquet")  # common names, integer labels
     assert data.inputs == [a for a, _, _ in PAIRS] and data.labels.tolist() == [1, 0, 1]
+    pq.write_table(pa.table({"text": ["a", "b"], "label": [1.0, 0.0]}), tmp_path / "f.parquet")  # float labels
+    assert load(tmp_path, "parquet", "f.parquet").labels.tolist() == [1, 0]
 
 
 def test_label2id_comes_from_the_model_config(tmp_path):

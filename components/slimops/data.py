@@ -143,7 +143,13 @@ def resolve_labels(dataset: Dataset, label2id: dict[str, int] | None) -> None:
             mapped.append(int(value))
             continue
         except ValueError:
-            pass
+            try:
+                number = float(value)  # 1.0 from a float column of JSONL or Parquet
+            except ValueError:
+                number = None
+            if number is not None and math.isfinite(number) and number == int(number):
+                mapped.append(int(number))
+                continue
         if not label2id:
             raise BadInput(f"{where}: label {_quoted(value)} is a name, but the model has no label2id in its "
                            "config.json; give integer labels, or save the model with id2label/label2id")
