@@ -127,9 +127,10 @@ def _run_step(step_name, model, out, config, inputs, threads) -> Outcome:
 
         check_tree(model)
         require_passing_gate(model)
-    info = describe(model)
+    task = getattr(cfg, "task", None)  # a step that takes a task (export, validate): it overrides config.json's
+    info = describe(model, task)
     for path in inputs.values():
-        describe(path)
+        describe(path, task)
     out = Path(out)
     data_files = [Path(spec.path) for spec in _data_specs(step_name, cfg).values() if spec.path]
     check_out(out, {"model": model, **inputs}, data_files)

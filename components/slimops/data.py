@@ -3,7 +3,12 @@
 Formats:
 - ``sts``: STS Benchmark TSV (genre, file, year, id, score, sentence1, sentence2, ...).
 - ``text``: one sentence per line (calibration / transfer data).
-- ``text-classification``: TSV or CSV with a text column and an integer label column.
+- ``text-classification``: TSV or CSV with a text column and an integer label column (by index), or with
+  ``columns:`` naming them (then read as ``csv`` / ``tsv`` by the file's suffix).
+- ``csv``, ``tsv``, ``jsonl``, ``parquet``: tables with named columns. ``columns:`` maps roles to columns
+  (``{text: sentence1, text_pair: sentence2, label: label}``); without it, common names are recognised (text /
+  sentence / sentence1 / premise / question, text_pair / sentence2 / hypothesis, label). A CSV/TSV header row is
+  detected. String labels map through the model's ``label2id`` (config.json), integer labels are ids.
 - ``digits``: scikit-learn's 8x8 digits (ships offline), split by a seeded stratified split.
 - ``npz``: arrays ``x`` and ``y`` (loaded with ``allow_pickle=False``).
 """
@@ -18,7 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from slimops.errors import BadInput
 from slimops.manifest import sha256_file
@@ -27,12 +32,27 @@ from slimops.manifest import sha256_file
 class DataSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    format: Literal["sts", "text", "text-classification", "digits", "npz"]
+    format: Literal["sts", "text", "text-classification", "digits", "npz", "csv", "tsv", "jsonl", "parquet"]
     path: str | None = Field(None, description="file to read (not used by 'digits')")
     split: Literal["train", "test", "all"] = Field("all", description="digits only: which part of the seeded split")
     limit: int | None = Field(None, gt=0, description="read at most this many examples")
     text_column: int = Field(0, ge=0, description="text-classification: column of the text")
     label_column: int = Field(1, ge=0, description="text-classification: column of the integer label")
+    columns: dict[str, str | int] | None = Field(
+        None, description="role -> column name (or 0-based index): text, text_pair, label; e.g. "
+        "{text: sentence1, text_pair: sentence2, label: label}")
+    header: bool | None = Field(None, description="csv/tsv: whether the first row names the columns (default: detected)")
+
+    @field_validator("columns")
+    @classmethod
+    def _known_roles(cls, columns):
+        if columns is not None:
+            unknown = [key for key in columns if key not in COLUMN_ROLES]
+            if unknown:
+                raise ValueError(f"unknown column key {unknown[0]!r}; the keys are {', '.join(COLUMN_ROLES)}")
+            if "text" not in columns:
+                raise ValueError("columns needs 'text' (the column of the input text)")
+        return columns
 
     def fingerprint(self) -> dict:
         """What a manifest records: the spec plus the sha256 of the file it read."""
@@ -44,6 +64,15 @@ class DataSpec(BaseModel):
         return info
 
 
+COLUMN_ROLES = ("text", "text_pair", "label")
+# Column names recognised when a table has a header but the recipe names no columns.
+COMMON_NAMES = {
+    "text": ("text", "sentence", "sentence1", "premise", "question", "question1", "query", "text_a"),
+    "text_pair": ("text_pair", "sentence2", "hypothesis", "question2", "passage", "text_b"),
+    "label": ("label", "labels", "target", "class"),
+}
+
+
 @dataclass
 class Dataset:
     """Inputs the model consumes and the targets its task metric compares against."""
@@ -52,6 +81,8 @@ class Dataset:
     labels: np.ndarray | None = None  # classification targets
     pairs: list[tuple[int, int]] = field(default_factory=list)  # STS: indices into inputs
     scores: np.ndarray | None = None  # STS gold similarity
+    raw_labels: list[str] | None = None  # labels as written (strings), until mapped through a model's label2id
+    label_where: list[str] | None = None  # "file:line" of each raw label, for error messages
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -60,12 +91,13 @@ class Dataset:
     def kind(self) -> str:
         if self.scores is not None:
             return "sts"
-        if self.labels is not None:
+        if self.labels is not None or self.raw_labels is not None:
             return "classification"
         return "unlabeled"
 
 
-def load_dataset(spec: DataSpec) -> Dataset:
+def load_dataset(spec: DataSpec, label2id: dict[str, int] | None = None) -> Dataset:
+    """Read ``spec``; string labels are mapped through ``label2id`` (the model's, see ``label2id_of``)."""
     reader = _READERS[spec.format]
     if spec.format not in ("digits",):
         if not spec.path:
@@ -73,10 +105,59 @@ def load_dataset(spec: DataSpec) -> Dataset:
         path = Path(spec.path)
         if not path.is_file():
             raise BadInput(f"data file not found: {path}; check the 'path' of the dataset")
+    if spec.format == "text-classification" and (spec.columns or _has_header_words(Path(spec.path))):
+        reader = _read_table  # named columns: read as csv / tsv by the file's suffix
     dataset = reader(spec)
     if len(dataset) == 0:
         raise BadInput(f"data file {spec.path or spec.format} holds no examples; give a file with data")
+    if dataset.raw_labels is not None:
+        resolve_labels(dataset, label2id)
     return dataset
+
+
+def label2id_of(*model_dirs) -> dict[str, int] | None:
+    """The ``label2id`` of the first model directory whose config.json has one (exports carry config.json)."""
+    from slimops.formats import load_json_file
+
+    for model_dir in model_dirs:
+        path = Path(model_dir) / "config.json" if model_dir else None
+        if path is None or not path.is_file():
+            continue
+        config = load_json_file(path)
+        mapping = config.get("label2id") if isinstance(config, dict) else None
+        if not mapping and isinstance(config, dict) and isinstance(config.get("id2label"), dict):
+            mapping = {str(v): int(k) for k, v in config["id2label"].items() if str(k).lstrip("-").isdigit()}
+        if isinstance(mapping, dict) and mapping:
+            return {str(k): int(v) for k, v in mapping.items() if isinstance(v, int) or str(v).isdigit()}
+    return None
+
+
+def resolve_labels(dataset: Dataset, label2id: dict[str, int] | None) -> None:
+    """Map the labels as written to class ids: a label the model names (label2id) is its id; an integer is an id."""
+    mapped = []
+    for value, where in zip(dataset.raw_labels, dataset.label_where):
+        if label2id and value in label2id:
+            mapped.append(label2id[value])
+            continue
+        try:
+            mapped.append(int(value))
+            continue
+        except ValueError:
+            try:
+                number = float(value)  # 1.0 from a float column of JSONL or Parquet
+            except ValueError:
+                number = None
+            if number is not None and math.isfinite(number) and number == int(number):
+                mapped.append(int(number))
+                continue
+        if not label2id:
+            raise BadInput(f"{where}: label {_quoted(value)} is a name, but the model has no label2id in its "
+                           "config.json; give integer labels, or save the model with id2label/label2id")
+        known = ", ".join(_quoted(k) for k in list(label2id)[:10])
+        raise BadInput(f"{where}: label {_quoted(value)} is not among the model's labels ({known}); fix the file "
+                       "or the model's label2id")
+    dataset.labels = np.asarray(mapped, dtype=np.int64)
+    dataset.raw_labels = dataset.label_where = None
 
 
 MAX_LINE_CHARS = 1024 * 1024  # far longer than any model input: a longer line is not a sentence
@@ -84,6 +165,17 @@ MAX_NPZ_VALUES = 2**28  # values in one .npz array (1 GiB as float32)
 
 
 def _read_rows(path: Path, delimiter: str) -> list[list[str]]:
+    lines = _read_lines(path)
+    reader = csv.reader(lines, delimiter=delimiter, quoting=csv.QUOTE_NONE)
+    try:
+        return [row for row in reader if row]
+    except csv.Error as err:  # a field over csv.field_size_limit(), a NUL byte, ...
+        raise BadInput(f"{path}:{reader.line_num}: cannot split the line into columns ({err}); "
+                       f"no model input is that long: shorten or remove the line") from None
+
+
+def _read_lines(path: Path) -> list[str]:
+    """The file's lines, decoded as UTF-8, each under MAX_LINE_CHARS."""
     try:
         data = path.read_bytes()
     except OSError as err:
@@ -98,12 +190,7 @@ def _read_rows(path: Path, delimiter: str) -> list[list[str]]:
         if len(line) > MAX_LINE_CHARS:
             raise BadInput(f"{path}:{line_no}: a line of {len(line)} characters, over the limit of {MAX_LINE_CHARS} "
                            "(no model input is that long); split or shorten it")
-    reader = csv.reader(lines, delimiter=delimiter, quoting=csv.QUOTE_NONE)
-    try:
-        return [row for row in reader if row]
-    except csv.Error as err:  # a field over csv.field_size_limit(), a NUL byte, ...
-        raise BadInput(f"{path}:{reader.line_num}: cannot split the line into columns ({err}); "
-                       f"no model input is that long: shorten or remove the line") from None
+    return lines
 
 
 def _read_sts(spec: DataSpec) -> Dataset:
@@ -178,6 +265,186 @@ def _read_text_classification(spec: DataSpec) -> Dataset:
                            "fix the file") from None
         texts.append(row[spec.text_column])
     return Dataset(inputs=texts, labels=np.asarray(labels, dtype=np.int64))
+
+
+def _read_table(spec: DataSpec) -> Dataset:
+    """csv / tsv / jsonl / parquet (or text-classification with columns): named columns mapped to roles."""
+    path = Path(spec.path)
+    fmt = spec.format if spec.format != "text-classification" else ("tsv" if path.suffix == ".tsv" else "csv")
+    if fmt in ("csv", "tsv"):
+        names, rows, first_line = _delimited_table(path, spec, "\t" if fmt == "tsv" else ",")
+    elif fmt == "jsonl":
+        names, rows, first_line = _jsonl_table(path)
+    else:
+        names, rows, first_line = _parquet_table(path)
+    roles = _map_columns(spec, names, path, rows)
+    texts, labels, where = [], [], []
+    for offset, row in enumerate(rows):
+        if spec.limit and len(texts) >= spec.limit:
+            break
+        line = first_line + offset
+
+        def cell(role):
+            index = roles[role]
+            if index >= len(row):
+                raise BadInput(f"{path}:{line}: has {len(row)} column(s), no column {_column_label(names, index)} "
+                               f"for {role}; fix the row or the columns: mapping")
+            value = row[index]
+            if value is None:
+                raise BadInput(f"{path}:{line}: column {_column_label(names, index)} ({role}) is empty; fill it or "
+                               "drop the row")
+            return value if isinstance(value, str) else str(value)
+
+        text = cell("text")
+        texts.append((text, cell("text_pair")) if "text_pair" in roles else text)
+        if "label" in roles:
+            labels.append(cell("label"))
+            where.append(f"{path}:{line}" if fmt != "parquet" else f"{path} row {line}")
+    if not texts:
+        raise BadInput(f"data file {path} holds no examples (a header row at most); give a file with data")
+    if "label" not in roles:
+        return Dataset(inputs=texts)
+    return Dataset(inputs=texts, raw_labels=labels, label_where=where)
+
+
+def _column_label(names: list[str] | None, index: int) -> str:
+    return _quoted(names[index]) if names and index < len(names) else str(index)
+
+
+HEADER_WORDS = {name for group in COMMON_NAMES.values() for name in group} | {"id", "idx", "score", "guid"}
+
+
+def _delimited_table(path: Path, spec: DataSpec, delimiter: str):
+    """(column names or None, data rows, line number of the first data row). TSV fields are taken as written
+    (quotes are text, as in STS-B); CSV fields follow the CSV quoting rules."""
+    if delimiter == "\t":
+        rows = _read_rows(path, delimiter)
+    else:
+        rows = _read_csv_rows(path)
+    if not rows:
+        return None, [], 1
+    named = spec.columns and any(isinstance(v, str) for v in spec.columns.values())
+    header = spec.header
+    if header is None:
+        first = [cell.strip().lower() for cell in rows[0]]
+        header = bool(named) or any(cell in HEADER_WORDS for cell in first) or _label_looks_like_header(spec, rows)
+    if header:
+        return [cell.strip() for cell in rows[0]], rows[1:], 2
+    return None, rows, 1
+
+
+def _label_looks_like_header(spec: DataSpec, rows: list[list[str]]) -> bool:
+    """No header words: a first row whose label cell is not an integer while the next rows' are is a header."""
+    index = (spec.columns or {}).get("label", spec.label_column if not spec.columns else None)
+    if not isinstance(index, int) or len(rows) < 2:
+        return False
+    def is_int(row):
+        try:
+            int(row[index])
+            return True
+        except (ValueError, IndexError):
+            return False
+    return not is_int(rows[0]) and all(is_int(row) for row in rows[1:20])
+
+
+def _has_header_words(path: Path) -> bool:
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        first = handle.readline(MAX_LINE_CHARS + 1)
+    cells = next(csv.reader([first.rstrip("\r\n")], delimiter="\t" if path.suffix == ".tsv" else ","), [])
+    return any(cell.strip().lower() in HEADER_WORDS - {"id", "idx", "guid"} for cell in cells)
+
+
+def _read_csv_rows(path: Path) -> list[list[str]]:
+    reader = csv.reader(_read_lines(path))
+    try:
+        return [row for row in reader if row]
+    except csv.Error as err:
+        raise BadInput(f"{path}:{reader.line_num}: cannot split the line into columns ({err}); fix its quoting") from None
+
+
+def _jsonl_table(path: Path):
+    import json
+
+    records, names = [], []
+    for line_no, line in enumerate(_read_lines(path), 1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as err:
+            raise BadInput(f"{path}:{line_no}: not a JSON object ({err.msg}); give one JSON object per line") from None
+        if not isinstance(record, dict):
+            raise BadInput(f"{path}:{line_no}: a JSON {type(record).__name__}, not an object; give one object per line")
+        for key in record:
+            if key not in names:
+                names.append(key)
+        records.append(record)
+    rows = [[record.get(name) for name in names] for record in records]
+    for row in rows:
+        for i, value in enumerate(row):
+            if isinstance(value, (dict, list)):
+                raise BadInput(f"{path}: column {_quoted(names[i])} holds a JSON {type(value).__name__}, not text or a "
+                               "label; name a column of strings or numbers")
+    return names, rows, 1
+
+
+def _parquet_table(path: Path):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise BadInput("format 'parquet' needs pyarrow: pip install pyarrow") from None
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # noqa: BLE001 - pyarrow's ArrowInvalid / OSError: the file is not Parquet
+        raise BadInput(f"{path} is not a readable Parquet file ({type(err).__name__}: "
+                       f"{_quoted(' '.join(str(err).split()))}); write it with pyarrow or pandas") from None
+    names = list(table.column_names)
+    columns = [table.column(name).to_pylist() for name in names]
+    for name, values in zip(names, columns):
+        if any(isinstance(v, (dict, list, bytes)) for v in values[:100]):
+            columns[names.index(name)] = [v if not isinstance(v, (dict, list, bytes)) else None for v in values]
+    rows = [list(row) for row in zip(*columns)] if columns else []
+    return names, rows, 0
+
+
+def _map_columns(spec: DataSpec, names: list[str] | None, path: Path, rows: list) -> dict[str, int]:
+    """role -> column index, from ``columns:``, else the header's common names, else text=0, label=1."""
+    shown = ", ".join(_quoted(n) for n in (names or [])[:20])
+    if spec.columns:
+        roles = {}
+        for role, column in spec.columns.items():
+            if isinstance(column, int):
+                roles[role] = column
+            elif names is None:
+                raise BadInput(f"{path}: columns.{role} names the column {_quoted(column)}, but the file has no header "
+                               "row; add a header row, or give the column's 0-based index")
+            elif column not in names:
+                raise BadInput(f"{path}: no column {_quoted(column)} (columns.{role}); the file's columns are {shown}")
+            else:
+                roles[role] = names.index(column)
+        return roles
+    if names:
+        lowered = [n.lower() for n in names]
+        roles = {}
+        for role, candidates in COMMON_NAMES.items():
+            for candidate in candidates:
+                if candidate in lowered:
+                    roles[role] = lowered.index(candidate)
+                    break
+        if "text" not in roles and len(names) == 2:
+            return {"text": 0, "label": 1}  # two unnamed columns: text, then label (as text-classification reads)
+        if "text" in roles and "label" not in roles and spec.format == "text-classification":
+            roles["label"] = spec.label_column  # the label column by index, as text-classification always read it
+        if "text" not in roles:
+            raise BadInput(f"{path}: cannot tell which column holds the text (columns: {shown}); name them, e.g. "
+                           "columns: {text: sentence1, text_pair: sentence2, label: label}")
+        return roles
+    width = len(rows[0]) if rows else 0
+    if spec.format == "text-classification" or width <= 2:
+        return {"text": spec.text_column, "label": spec.label_column} if width != 1 else {"text": 0}
+    raise BadInput(f"{path}: {width} columns and no header row, so slimops cannot tell which hold the text and the "
+                   "label; set columns:, e.g. {text: 0, text_pair: 1, label: 2}")
 
 
 DIGITS_SEED = 0
@@ -270,4 +537,8 @@ _READERS = {
     "text-classification": _read_text_classification,
     "digits": _read_digits,
     "npz": _read_npz,
+    "csv": _read_table,
+    "tsv": _read_table,
+    "jsonl": _read_table,
+    "parquet": _read_table,
 }

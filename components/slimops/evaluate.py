@@ -70,7 +70,8 @@ def finite_metrics(metrics: dict[str, float], what: str) -> dict[str, float]:
 
 
 def task_metrics(outputs: np.ndarray, dataset: Dataset) -> dict[str, float]:
-    """Spearman x100 of cosine similarity for STS; accuracy and macro-F1 x100 for classification."""
+    """Spearman x100 of cosine similarity for STS; accuracy and macro-F1 x100 for classification (and the positive
+    class's F1 for a binary classifier)."""
     finite_outputs(outputs)
     if dataset.kind == "sts":
         from scipy.stats import spearmanr
@@ -84,9 +85,12 @@ def task_metrics(outputs: np.ndarray, dataset: Dataset) -> dict[str, float]:
     from sklearn.metrics import f1_score
 
     predicted = outputs.argmax(axis=1)
-    return finite_metrics({"accuracy": 100.0 * float((predicted == dataset.labels).mean()),
-                           "f1_macro": 100.0 * float(f1_score(dataset.labels, predicted, average="macro"))},
-                          "the classification data")
+    scores = {"accuracy": 100.0 * float((predicted == dataset.labels).mean()),
+              "f1_macro": 100.0 * float(f1_score(dataset.labels, predicted, average="macro"))}
+    if outputs.ndim == 2 and outputs.shape[1] == 2:  # a binary classifier: F1 of the positive class (id 1)
+        scores["f1"] = 100.0 * float(f1_score(dataset.labels, predicted, average="binary", pos_label=1,
+                                              zero_division=0))
+    return finite_metrics(scores, "the classification data")
 
 
 def fidelity(baseline: np.ndarray, candidate: np.ndarray, task: str) -> dict[str, float]:

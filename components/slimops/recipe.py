@@ -33,6 +33,16 @@ class ModelSource(BaseModel):
         None, min_length=1, max_length=8, description="factory: one example's shape, e.g. [1, 8, 8]")
     num_labels: int | None = Field(None, ge=1, le=1_000_000)
     seed: int = Field(0, ge=0, lt=2**63)
+    task: str | None = Field(None, description="the model's task as optimum names it (feature-extraction, "
+                             "text-classification); default: inferred from config.json. Given to every step that "
+                             "takes a task (export, validate)")
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value):
+        from slimops.handlers.info import check_task_name
+
+        return check_task_name(value)
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -194,6 +204,8 @@ def _resolve(recipe: Recipe, path: Path, lines: dict) -> None:
             step.baseline = step.baseline or "source"
         _resolve_champion(recipe, index, path, lines)
         step.config = _inline_data(step.step, step.config, recipe.data, base, path, lines, ("steps", index, "config"))
+        if recipe.model.task and "task" in get_step(step.step).Config.model_fields and "task" not in step.config:
+            step.config = {**step.config, "task": recipe.model.task}
         try:
             parse_config(step.step, step.config)
         except BadInput as err:

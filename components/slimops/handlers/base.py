@@ -40,8 +40,14 @@ class TextMixin:
             raise BadInput(f"cannot load the tokenizer in {self.model_dir} ({type(err).__name__}: "
                            f"{one_line(err, 200)}); copy the tokenizer files of the base model beside it") from None
 
-    def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        return dict(self.tokenizer(list(texts), padding=True, truncation=True,
+    def tokenize(self, texts: Sequence[str] | Sequence[tuple[str, str]]) -> dict[str, np.ndarray]:
+        """Single texts, or (text, text_pair) pairs: a pair classifier sees ``[CLS] a [SEP] b [SEP]``."""
+        texts = list(texts)
+        if texts and isinstance(texts[0], (tuple, list)):
+            return dict(self.tokenizer([a for a, _ in texts], [b for _, b in texts], padding=True,
+                                       truncation="longest_first", max_length=self.info.max_length,
+                                       return_tensors="np"))
+        return dict(self.tokenizer(texts, padding=True, truncation=True,
                                    max_length=self.info.max_length, return_tensors="np"))
 
     def finish(self, output: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:

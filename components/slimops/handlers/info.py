@@ -36,8 +36,52 @@ class ModelInfo(BaseModel):
     precision: str = "fp32"  # fp32 / fp16 / int8 / int4, for reports
 
 
-def describe(model_dir: Path) -> ModelInfo:
-    """What kind of model lives in ``model_dir``; raises BadInput with what to do when unusable."""
+# Tasks as optimum names them, and the task slimops runs each as. A task named here but mapped to None is known
+# (config.json says it) but has no metric in slimops yet: it is refused with that reason, never guessed.
+TASKS: dict[str, str | None] = {
+    "feature-extraction": "sentence-embedding",
+    "sentence-similarity": "sentence-embedding",
+    "sentence-embedding": "sentence-embedding",
+    "text-classification": "text-classification",
+    "token-classification": None,
+    "question-answering": None,
+    "image-classification": "tensor-classification",  # through a PyTorch factory (architecture.json) or its ONNX
+    "text-generation": None,
+    "fill-mask": None,
+}
+SUPPORTED_TASKS = ("feature-extraction", "text-classification", "image-classification")
+# config.json architectures suffix -> optimum task.
+HEADS = (("ForSequenceClassification", "text-classification"), ("ForTokenClassification", "token-classification"),
+         ("ForQuestionAnswering", "question-answering"), ("ForImageClassification", "image-classification"),
+         ("ForCausalLM", "text-generation"), ("LMHeadModel", "text-generation"), ("ForMaskedLM", "fill-mask"))
+HOW_TO_SET_TASK = ("set it in the recipe (model: {path: ..., task: text-classification}) or on the step "
+                   "(--set task=text-classification); tasks: " + ", ".join(SUPPORTED_TASKS))
+
+
+def task_of(name: str, where: str) -> Task:
+    """The task slimops runs for an optimum task name, or BadInput saying which names work."""
+    if name not in TASKS:
+        raise BadInput(f"{where}: unknown task {name!r}; tasks: {', '.join(SUPPORTED_TASKS)}")
+    if TASKS[name] is None:
+        raise BadInput(f"{where}: task {name!r} is not supported by slimops yet (no export/metric for it); "
+                       f"supported: {', '.join(SUPPORTED_TASKS)}")
+    return TASKS[name]
+
+
+def check_task_name(name: str | None) -> str | None:
+    """A pydantic validator's body: a task name slimops runs (ValueError naming the ones it does otherwise)."""
+    if name is not None:
+        try:
+            task_of(name, "task")
+        except BadInput as err:
+            raise ValueError(str(err).removeprefix("task: ")) from None
+    return name
+
+
+def describe(model_dir: Path, task: str | None = None) -> ModelInfo:
+    """What kind of model lives in ``model_dir``; raises BadInput with what to do when unusable.
+
+    ``task`` (an optimum task name, from the recipe or the step config) overrides what config.json says."""
     model_dir = Path(model_dir)
     if not model_dir.exists():
         raise BadInput(f"model path not found: {model_dir}; give a model directory (or .onnx file) that exists")
@@ -51,17 +95,22 @@ def describe(model_dir: Path) -> ModelInfo:
         raise BadInput(f"model directory {model_dir} is not readable; fix its permissions") from None
     check_tree(model_dir)
     refuse_remote_code(model_dir)
-    info = _describe(model_dir, names)
+    info = _describe(model_dir, names, task)
     _check_info(model_dir, info)
     check_model_files(model_dir, info)  # weights, graph, JSON and tokenizer files, before any library reads them
     return info
 
 
-def _describe(model_dir: Path, names: set[str]) -> ModelInfo:
+def _describe(model_dir: Path, names: set[str], task: str | None = None) -> ModelInfo:
     manifest = read_manifest(model_dir)
     if manifest and manifest.get("model"):
         try:
-            return ModelInfo.model_validate(manifest["model"])
+            info = ModelInfo.model_validate(manifest["model"])
+            if task and "tensor-classification" not in (info.task, task_of(task, "task")) \
+                    and info.task != task_of(task, "task"):
+                info = info.model_copy(update={"task": task_of(task, "task"),
+                                               "normalize": task_of(task, "task") == "sentence-embedding"})
+            return info
         except ValidationError:
             raise BadInput(f"{model_dir / 'manifest.json'} has a 'model' section slimops did not write; remove "
                            "manifest.json to have the directory described from its files") from None
@@ -71,7 +120,7 @@ def _describe(model_dir: Path, names: set[str]) -> ModelInfo:
         # transformers would fall back to pytorch_model.bin (torch.load, a pickle) beside it
         raise BadInput(f"{model_dir / 'model.safetensors'} is not a regular file; give the weights as a safetensors file")
     if "config.json" in names and ("model.safetensors" in names or "pytorch_model.bin" in names):
-        return _describe_hf(model_dir, names)
+        return _describe_hf(model_dir, names, task)
     onnx_files = sorted(n for n in names if n.endswith(".onnx"))
     if onnx_files:
         return _describe_onnx(model_dir, onnx_files)
@@ -150,7 +199,29 @@ def _read_json(path: Path) -> dict:
     return load_json_file(path)
 
 
-def _describe_hf(model_dir: Path, names: set[str]) -> ModelInfo:
+def infer_task(model_dir: Path, config: dict, names: set[str]) -> str:
+    """The optimum task of a Hugging Face directory, from config.json's architectures and problem_type (and a
+    sentence-transformers layout); BadInput saying how to set it when they do not tell."""
+    architectures = [a for a in (config.get("architectures") or []) if isinstance(a, str)]
+    problem = config.get("problem_type")
+    for suffix, task in HEADS:
+        if any(a.endswith(suffix) for a in architectures):
+            if task == "text-classification" and problem in ("multi_label_classification", "regression"):
+                raise BadInput(f"{model_dir}/config.json: problem_type {problem!r} is not supported yet (slimops scores "
+                               "single-label classifiers); set problem_type to single_label_classification if it is one")
+            return task
+    if problem == "single_label_classification":
+        return "text-classification"
+    if architectures and all(a.endswith("Model") for a in architectures):
+        return "feature-extraction"  # a bare encoder (BertModel): its embeddings
+    if not architectures and ({"modules.json", "1_Pooling"} & names):
+        return "feature-extraction"  # a sentence-transformers directory
+    said = f"architectures {architectures[:3]}" if architectures else "no architectures"
+    raise BadInput(f"cannot infer the task of {model_dir}: config.json has {said} and no problem_type; "
+                   + HOW_TO_SET_TASK)
+
+
+def _describe_hf(model_dir: Path, names: set[str], task: str | None = None) -> ModelInfo:
     if "model.safetensors" not in names:
         raise BadInput(
             f"{model_dir} holds only pytorch_model.bin (a pickle, never loaded here); "
@@ -158,8 +229,12 @@ def _describe_hf(model_dir: Path, names: set[str]) -> ModelInfo:
         )
     check_hf_files(model_dir)  # config.json, 1_Pooling, modules.json: the structure read below
     config = _read_json(model_dir / "config.json")
-    architectures = config.get("architectures") or []
-    if any(a.endswith("ForSequenceClassification") for a in architectures):
+    name = task or infer_task(model_dir, config, names)
+    kind = task_of(name, f"{model_dir}" if task is None else "task")
+    if kind == "tensor-classification":
+        raise BadInput(f"{model_dir}: image-classification from a Hugging Face vision model is not supported yet; give "
+                       "the model as a PyTorch factory (architecture.json + safetensors) or as ONNX")
+    if kind == "text-classification":
         return ModelInfo(format="hf", task="text-classification", file="model.safetensors",
                          num_labels=len(config.get("id2label", {})) or None, normalize=False)
     pooling, normalize = "mean", True

@@ -146,8 +146,12 @@ class CalibrationFeeds:
             tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
             self.feeds = []
             for start in range(0, len(examples), 8):
-                encoded = tokenizer(list(examples[start:start + 8]), padding=True, truncation=True,
-                                    max_length=128, return_tensors="np")
+                chunk = list(examples[start:start + 8])
+                if chunk and isinstance(chunk[0], (tuple, list)):  # (text, text_pair): a pair classifier's input
+                    encoded = tokenizer([a for a, _ in chunk], [b for _, b in chunk], padding=True,
+                                        truncation="longest_first", max_length=128, return_tensors="np")
+                else:
+                    encoded = tokenizer(chunk, padding=True, truncation=True, max_length=128, return_tensors="np")
                 self.feeds.append({n: encoded[n].astype(np.int64) for n in self.input_names})
         self._iter = iter(self.feeds)
 

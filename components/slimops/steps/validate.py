@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from slimops import memprobe, progress
 from slimops.champion import ChampionRef, resolve_baseline
-from slimops.data import DataSpec, load_dataset
+from slimops.data import DataSpec, label2id_of, load_dataset
 from slimops.evaluate import (alternate_latency, batches, check_inputs, drop_interval, fidelity, metric_name,
                               predict_all, sample_size_warnings, task_metrics)
 from slimops.gate import SPEED_CONFIDENCE, GatePolicy, check, reasons, sign, verdict
@@ -31,6 +31,15 @@ class ValidateConfig(StepConfig):
     gate: GatePolicy = Field(default_factory=GatePolicy, description="the pass/fail policy")
     champion: ChampionRef | None = Field(None, description="compare against the registry's current champion of "
                                          "this model (recipe: baseline: champion); with none yet, the baseline input")
+    task: str | None = Field(None, description="the model's task as optimum names it (feature-extraction, "
+                             "text-classification); default: inferred from config.json (architectures, problem_type)")
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value):
+        from slimops.handlers.info import check_task_name
+
+        return check_task_name(value)
 
 
 def model_size_bytes(model_dir) -> int:
@@ -45,10 +54,10 @@ class Validate(Step):
     extra_inputs = ("baseline",)
 
     def run(self, ctx, config: ValidateConfig) -> StepResult:
-        dataset = load_dataset(config.data)
         baseline = resolve_baseline(ctx, config.champion)  # the champion's verified files, or --baseline
         baseline_dir = baseline.path
-        baseline_info, candidate_info = describe(baseline_dir), ctx.model_info
+        dataset = load_dataset(config.data, label2id_of(ctx.model_dir, baseline_dir))  # string labels: model's ids
+        baseline_info, candidate_info = describe(baseline_dir, config.task), ctx.model_info
         name = metric_name(candidate_info.task, dataset)
         metric_name(baseline_info.task, dataset)
         check_inputs(candidate_info, dataset, "validate data")
