@@ -6,9 +6,9 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from slimops.errors import BadInput
 from slimops.formats import (check_architecture, check_hf_files, check_model_files, check_onnx, check_packed,
@@ -76,6 +76,12 @@ def check_task_name(name: str | None) -> str | None:
         except BadInput as err:
             raise ValueError(str(err).removeprefix("task: ")) from None
     return name
+
+
+# A step config's `task` field: checked against the tasks slimops runs; None means "infer from config.json".
+TaskName = Annotated[str | None, AfterValidator(check_task_name)]
+TASK_HELP = ("the model's task as optimum names it (feature-extraction, text-classification); "
+             "default: inferred from config.json (architectures, problem_type)")
 
 
 def describe(model_dir: Path, task: str | None = None) -> ModelInfo:

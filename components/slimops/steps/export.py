@@ -6,10 +6,10 @@ import contextlib
 import io
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from slimops.errors import BadInput
-from slimops.handlers.info import ModelInfo, describe
+from slimops.handlers.info import TASK_HELP, ModelInfo, TaskName, describe
 from slimops.handlers.runtime import library_error, load, sample_batch
 from slimops.steps import Step, StepConfig, StepResult
 
@@ -18,15 +18,7 @@ class ExportConfig(StepConfig):
     opset: int = Field(17, ge=13, le=21, description="ONNX opset")
     tolerance: float = Field(1e-3, gt=0, description="max |source - onnx| on sample inputs before the export is an error")
     max_length: int = Field(128, ge=8, le=4096, description="text models: truncation length used at inference")
-    task: str | None = Field(None, description="the model's task as optimum names it (feature-extraction, "
-                             "text-classification); default: inferred from config.json (architectures, problem_type)")
-
-    @field_validator("task")
-    @classmethod
-    def _task(cls, value):
-        from slimops.handlers.info import check_task_name
-
-        return check_task_name(value)
+    task: TaskName = Field(None, description=TASK_HELP)
 
 
 class Export(Step):

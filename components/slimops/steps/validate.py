@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from slimops import memprobe, progress
 from slimops.champion import ChampionRef, resolve_baseline
@@ -14,6 +14,7 @@ from slimops.evaluate import (alternate_latency, batches, check_inputs, drop_int
 from slimops.gate import SPEED_CONFIDENCE, GatePolicy, check, reasons, sign, verdict
 from slimops.timing import measure_speed
 from slimops.handlers import describe, load
+from slimops.handlers.info import TASK_HELP, TaskName
 from slimops.manifest import hash_tree, link_or_copy, write_json_atomic
 from slimops.steps import Step, StepConfig, StepResult
 
@@ -31,15 +32,7 @@ class ValidateConfig(StepConfig):
     gate: GatePolicy = Field(default_factory=GatePolicy, description="the pass/fail policy")
     champion: ChampionRef | None = Field(None, description="compare against the registry's current champion of "
                                          "this model (recipe: baseline: champion); with none yet, the baseline input")
-    task: str | None = Field(None, description="the model's task as optimum names it (feature-extraction, "
-                             "text-classification); default: inferred from config.json (architectures, problem_type)")
-
-    @field_validator("task")
-    @classmethod
-    def _task(cls, value):
-        from slimops.handlers.info import check_task_name
-
-        return check_task_name(value)
+    task: TaskName = Field(None, description=TASK_HELP)
 
 
 def model_size_bytes(model_dir) -> int:
