@@ -20,7 +20,7 @@ from _markdown import machine, stamp, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "runs" / "bench-minilm"
-VARIANTS = {"ORT fp32 (export)": WORK / "export", "slimops best int8": WORK / "best-1-quantize",
+VARIANTS = {"ORT fp32 (export)": WORK / "export", "slimops ORT dynamic int8": WORK / "best-1-quantize",
             "Optimum default int8": WORK / "optimum"}
 
 

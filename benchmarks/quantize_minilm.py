@@ -2,7 +2,7 @@
 
 Variants: PyTorch fp32, ONNX Runtime fp32 (optimum export), the Optimum default
 (ORTQuantizer + AutoQuantizationConfig.avx512_vnni(is_static=False)), slimops's best quantize
-configuration, and slimops ``compile target: auto`` (examples/minilm-auto.yaml's compile step: every
+configuration, and slimops ``compile target: auto`` (examples/minilm-sts.yaml's compile step: every
 backend/precision candidate for this CPU measured, the fastest within its accuracy rule kept). Prints the tables
 and, with --write, rewrites BENCHMARKS.md (with the CPU model and its int8/bf16 features).
 
@@ -32,7 +32,8 @@ ROUNDS = 5
 SENTENCES = 1000
 LATENCY_RUNS = 200
 
-# slimops's best CPU configuration: the recipe steps after export (see examples/minilm-sts.yaml).
+# slimops's ONNX Runtime path by hand (compile with the BERT fusions, then quantize dynamic INT8): the best ORT-only
+# configuration, and what compile target auto's ort-int8-dynamic candidate builds.
 SLIMOPS_BEST = [
     ("compile", {"fusions": "auto", "opt_level": 1}),
     ("quantize", {"mode": "dynamic", "per_channel": True}),
@@ -57,7 +58,7 @@ def build_variants(work: Path) -> dict[str, Path]:
         run_step(step, current, out, config)
         current = out
     resolved = json.loads((current / "manifest.json").read_text())["config"]
-    label = f"slimops best: compile (BERT fusions) + dynamic int8 (per_channel={resolved['per_channel']}, " \
+    label = f"slimops ORT: compile (BERT fusions) + dynamic int8 (per_channel={resolved['per_channel']}, " \
             f"reduce_range={resolved['reduce_range']})"
     variants[label] = current
     if AUTO:
@@ -74,7 +75,7 @@ AUTO = True
 
 
 def auto_config() -> dict:
-    """The compile step of examples/minilm-auto.yaml, data paths resolved as `slimops run` resolves them."""
+    """The compile step of examples/minilm-sts.yaml, data paths resolved as `slimops run` resolves them."""
     from slimops.recipe import load_recipe
 
     recipe = load_recipe(ROOT / "examples" / "minilm-auto.yaml")
@@ -228,7 +229,7 @@ def write(path: Path, table: str, auto: str = "", verdicts: str = "") -> None:
         f"- Libraries: {_versions()}",
         "",
         table,
-        *(["", "### compile target: auto, the search (examples/minilm-auto.yaml's compile step)", "", auto] if auto else []),
+        *(["", "### compile target: auto, the search (examples/minilm-sts.yaml's compile step)", "", auto] if auto else []),
         *(["", verdicts] if verdicts else []),
     ]))
 

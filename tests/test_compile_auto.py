@@ -48,6 +48,12 @@ def test_auto_keeps_the_fastest_candidate_that_passes(digits_onnx, tmp_path):
         assert "openvino-fp32" in {r["candidate"] for r in measured}
         ov32 = next(r for r in rows if r["candidate"] == "openvino-fp32")
         assert ov32["precision_ran"] == "fp32"
+        int8_bf16 = next(r for r in rows if r["candidate"] == "openvino-int8-bf16")
+        if {"avx512_bf16", "amx_bf16"} & set(found["hardware"]["features"]):
+            # The NNCF model again, its float ops compiled bf16: the precision that ran is read back, not assumed.
+            assert int8_bf16["status"] == "measured" and int8_bf16["precision_ran"] == "int8/bf16"
+        else:
+            assert int8_bf16["status"] == "excluded" and "bf16" in int8_bf16["reason"]
 
 
 def test_serve_target_that_cannot_take_a_format_excludes_it(digits_onnx, tmp_path):
@@ -68,6 +74,7 @@ def test_target_hardware_shapes_the_candidates(digits_onnx, tmp_path):
     assert manifest["config"]["measured_on"] == found["measured_on"]["features"]
     rows = {r["candidate"]: r for r in found["candidates"]}
     assert rows["openvino-bf16"]["status"] == "excluded" and "bf16" in rows["openvino-bf16"]["reason"]
+    assert rows["openvino-int8-bf16"]["status"] == "excluded" and "bf16" in rows["openvino-int8-bf16"]["reason"]
     assert rows["ort-int8-dynamic"]["build"]["reduce_range"] is True
 
 

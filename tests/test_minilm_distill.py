@@ -65,7 +65,8 @@ def test_minilm_distill_example_is_the_chain_the_benchmark_measures():
     chain = [(s.id, s.step, s.input) for s in recipe.steps]
     assert chain == [("distill", "distill", "source"), ("student-gate", "validate", "distill"),
                      ("export", "export", "distill"), ("compile", "compile", "export"),
-                     ("quantize", "quantize", "compile"), ("validate", "validate", "quantize")]
+                     ("validate", "validate", "compile")]
+    assert recipe.steps[3].config["target"] == "auto"
     distill = recipe.steps[0].config
     assert distill["data"]["path"].endswith("sts-train.tsv") and distill["eval_data"]["path"].endswith("sts-train.tsv")
     for gate_step in (recipe.steps[1], recipe.steps[-1]):
@@ -80,7 +81,11 @@ def test_minilm_distill_recipe_runs_end_to_end_when_shrunk(tmp_path):
     data_dir = EXAMPLES / "data" / "stsb"
     recipe["data"] = {"transfer": {"format": "text", "path": str(data_dir / "sts-train.tsv"), "limit": 128},
                       "heldout": {"format": "sts", "path": str(data_dir / "sts-train.tsv"), "limit": 50},
-                      "dev": {"format": "sts", "path": str(data_dir / "sts-dev.tsv"), "limit": 150}}
+                      "dev": {"format": "sts", "path": str(data_dir / "sts-dev.tsv"), "limit": 150},
+                      "calibration": {"format": "text", "path": str(data_dir / "sts-train.tsv"), "limit": 32}}
+    # a few training steps give a student whose INT8 variants may differ by points: check the plumbing
+    recipe["steps"][3]["config"]["search"].update({"max_metric_drop": 50.0, "rounds": 2, "latency_runs": 5,
+                                                   "throughput_samples": 64, "calibration_samples": 32})
     recipe["steps"][0]["config"].update({"max_steps": 8, "eval_every": 4, "batch_size": 16})
     for step in recipe["steps"]:
         if step["step"] == "validate":  # a few training steps cannot keep the accuracy: check the plumbing
@@ -91,7 +96,7 @@ def test_minilm_distill_recipe_runs_end_to_end_when_shrunk(tmp_path):
     run_dir = tmp_path / "run"
     result = run_cli("run", path, "--out", run_dir)
     summary = json.loads((run_dir / "run.json").read_text())
-    assert [s["id"] for s in summary["steps"]] == ["distill", "student-gate", "export", "compile", "quantize",
+    assert [s["id"] for s in summary["steps"]] == ["distill", "student-gate", "export", "compile",
                                                    "validate"], result.stderr
     assert result.returncode == 0, result.stderr
     final = json.loads((run_dir / "steps" / "validate" / "gate_report.json").read_text())
@@ -99,6 +104,9 @@ def test_minilm_distill_recipe_runs_end_to_end_when_shrunk(tmp_path):
     # a 2-layer INT8 student is well over the 6-layer fp32 teacher's speed even on a busy machine
     assert final["metrics"]["speedup"] > 1.0
     assert json.loads((run_dir / "steps" / "distill" / "config.json").read_text())["num_hidden_layers"] == 2
-    quantize = json.loads((run_dir / "steps" / "quantize" / "manifest.json").read_text())
-    assert quantize["parent"]["parent"]["parent"]["step"] == "distill"
-    assert Path(run_dir / "steps" / "validate" / "model.onnx").is_file()
+    compiled = json.loads((run_dir / "steps" / "compile" / "manifest.json").read_text())
+    assert compiled["parent"]["parent"]["step"] == "distill"
+    kept = compiled["details"]["auto"]["chosen"]
+    assert compiled["details"]["auto"]["candidates"] and kept
+    # the kept model (ONNX or OpenVINO IR) is what the final gate measured
+    assert Path(run_dir / "steps" / "validate" / compiled["model"]["file"]).is_file()

@@ -117,7 +117,7 @@ def test_example_recipes_load(tmp_path):
     from conftest import EXAMPLES
     from slimops.recipe import load_recipe
 
-    for name in ("digits-cnn.yaml", "minilm-sts.yaml", "minilm-auto.yaml"):
+    for name in ("digits-cnn.yaml", "minilm-sts.yaml", "minilm-distill.yaml", "pair-classifier.yaml"):
         recipe = load_recipe(EXAMPLES / name)
         assert recipe.steps[-1].step == "validate"
         for spec in recipe.data.values():

@@ -5,10 +5,13 @@ rounds, batch-1 latency blocks), and keep the fastest one that passes the gate's
 Candidates (each only where it makes sense, and only in the formats the serving side takes):
 - ``ort-fp32``: ONNX Runtime with the transformer fusions;
 - ``ort-int8-dynamic``: dynamic INT8 on the fused graph (7-bit weights where the CPU lacks VNNI);
-- ``ort-int8-static``: static QDQ INT8 (calibrated), activation x activation MatMuls included;
+- ``ort-int8-static``: static INT8 with the int8 attention path: on the fused graph, the Attention ops become
+  ``QAttention`` (ORT quantizes Attention only in its integer-op mode) and the other MatMuls static QDQ INT8,
+  calibrated; a graph without fused attention gets static QDQ everywhere;
 - ``openvino-fp32`` and ``openvino-bf16`` (bf16 only on a CPU with AVX512-BF16 or AMX);
 - ``openvino-int8``: ``nncf.quantize`` (transformer preset for text encoders), and when it fails the accuracy
-  rules, ``openvino-int8-accuracy``: ``nncf.quantize_with_accuracy_control`` against the same rules.
+  rules, ``openvino-int8-accuracy``: ``nncf.quantize_with_accuracy_control`` against the same rules;
+- ``openvino-int8-bf16``: the same NNCF model with its float ops in bf16 (a bf16 CPU only).
 
 Speedups are against the step's input model (ONNX Runtime, as exported), measured in the same alternating rounds.
 """
@@ -38,7 +41,7 @@ MODEL_FILES = (".onnx", ".onnx.data", ".onnx_data", ".xml", ".bin")
 class Settings:
     data: Dataset
     calibration: Dataset | None
-    policy: GatePolicy  # only the accuracy rules are judged here (speed is the search's own objective)
+    policy: GatePolicy  # the accuracy and size rules are judged here (speed is the search's own objective)
     formats: tuple[str, ...]  # model formats the serving side takes
     excluded_why: str  # why a format is left out (the deploy target's word)
     hardware: Hardware
@@ -58,6 +61,7 @@ CANDIDATES = (
     ("openvino-fp32", "openvino", "fp32"),
     ("openvino-bf16", "openvino", "bf16"),
     ("openvino-int8", "openvino", "int8"),
+    ("openvino-int8-bf16", "openvino", "int8-bf16"),
 )
 
 
@@ -71,11 +75,11 @@ def plan(settings: Settings, has_openvino: bool, has_nncf: bool) -> list[dict]:
             why = settings.excluded_why or f"format {fmt} not taken by the serving target"
         elif fmt == "openvino" and not has_openvino:
             why = "OpenVINO is not installed (pip install 'slimops[openvino]')"
-        elif name == "openvino-bf16" and not settings.hardware.bf16:
+        elif name in ("openvino-bf16", "openvino-int8-bf16") and not settings.hardware.bf16:
             why = "the serving CPU has no bf16 arithmetic (AVX512-BF16 / AMX)"
-        elif name in ("ort-int8-static", "openvino-int8") and settings.calibration is None:
+        elif name in ("ort-int8-static", "openvino-int8", "openvino-int8-bf16") and settings.calibration is None:
             why = "no calibration data (search.calibration)"
-        elif name == "openvino-int8" and not has_nncf:
+        elif name.startswith("openvino-int8") and not has_nncf:
             why = "NNCF is not installed (pip install 'slimops[openvino]')"
         rows.append({**row, "status": "excluded", "reason": why} if why else {**row, "status": "planned"})
     return rows
@@ -111,8 +115,7 @@ def run_search(model_dir: Path, info: ModelInfo, work: Path, settings: Settings,
                   "speedup": speed["speedup"], "size_ratio": size / _size(model_dir),
                   "candidate_p95_ms": latency["candidate"]["p95_ms"],
                   "fidelity": fid.get("mean_cosine", fid.get("top1_agreement"))}
-        rules = check(settings.policy.model_copy(update={"min_speedup": None, "max_size_ratio": None,
-                                                         "max_p95_latency_ms": None}), judged)
+        rules = check(settings.policy.model_copy(update={"min_speedup": None, "max_p95_latency_ms": None}), judged)
         row.update(status="measured", precision_ran=getattr(model, "precision_ran", None) or cand_info.precision,
                    metric=metric, metric_drop=judged["metric_drop"],
                    relative_metric_drop=judged["relative_metric_drop"], fidelity=judged["fidelity"],
@@ -166,37 +169,76 @@ def _build(row, model_dir, info, cand, fused, shape, settings, control=None) -> 
         details = ort_optimize(source, cand / "model.onnx", shape)
         new = info.model_copy(update={"file": "model.onnx", "precision": "fp32"})
     elif name.startswith("ort-int8"):
-        from slimops.quantization import quantize_model
-
-        static = name == "ort-int8-static"
-        config = SimpleNamespace(
-            mode="static" if static else "dynamic", per_channel=True, reduce_range=not settings.hardware.vnni,
-            op_types=["Conv", "Gemm", "MatMul"] if static else None, matmul_const_b_only=not static,
-            calibration_method="minmax", calibration_samples=settings.calibration_samples, activation_type="uint8")
-        # Static QDQ on the unfused graph (ORT's quantizer cannot see through the fused Attention op); dynamic
-        # on the fused graph (ORT's own order: fuse, then quantize, which gives QAttention).
-        src = source if static or not (fused / "model.onnx").is_file() else fused / "model.onnx"
-        quantize_model(src, cand / "model.onnx", config, [], model_dir, settings.calibration if static else None)
-        details = {"reduce_range": config.reduce_range}
+        details = _ort_int8(name == "ort-int8-static", source, fused / "model.onnx", cand / "model.onnx",
+                            model_dir, settings)
         new = info.model_copy(update={"file": "model.onnx", "precision": "int8"})
     elif name in ("openvino-fp32", "openvino-bf16"):
         precision = "bf16" if name.endswith("bf16") else "fp32"
         details = {"openvino": openvino_ir(source, cand / "model.xml")}
         new = info.model_copy(update={"format": "openvino", "file": "model.xml", "precision": precision})
-    else:  # openvino-int8, openvino-int8-accuracy
+    elif name == "openvino-int8-bf16" and _int8_ir(fused.parent):
+        # The NNCF model measured above, compiled with bf16 float ops: quantized once, timed twice.
+        int8 = _int8_ir(fused.parent)
+        for path in int8.glob("model.*"):
+            link_or_copy(path, cand / path.name)
+        details = {"int8_model": f"{int8.name}'s, float ops compiled bf16"}
+        new = info.model_copy(update={"format": "openvino", "file": "model.xml", "precision": "int8-bf16"})
+    else:  # openvino-int8, openvino-int8-accuracy (and openvino-int8-bf16 when openvino-int8 was not built)
         ir = cand / "fp32.xml"
         openvino_ir(source, ir)
         feeds = _calibration_feeds(source, model_dir, settings.calibration.inputs[: settings.calibration_samples])
         details = nncf_int8(ir, cand / "model.xml", feeds, transformer=shape is not None, accuracy=control)
         for leftover in (ir, ir.with_suffix(".bin")):
             leftover.unlink()
-        new = info.model_copy(update={"format": "openvino", "file": "model.xml", "precision": "int8"})
+        new = info.model_copy(update={"format": "openvino", "file": "model.xml", "precision": row["precision"]})
     if new.format == "openvino":
         ran = ran_precision_of(cand / new.file, new.precision)
-        row["precision_ran"] = f"int8/{ran}" if new.precision == "int8" else ran
+        row["precision_ran"] = f"int8/{ran}" if new.precision.startswith("int8") else ran
     row["build"] = details
     write_json_atomic(cand / MANIFEST, {"step": "candidate", "model": new.model_dump()})
     return new
+
+
+def _int8_ir(work: Path) -> Path | None:
+    """The NNCF INT8 candidate already built: the accuracy-controlled one when the plain one failed the rules."""
+    for name in ("openvino-int8-accuracy", "openvino-int8"):
+        if (work / name / "model.xml").is_file():
+            return work / name
+    return None
+
+
+def _ort_int8(static: bool, source: Path, fused: Path, target: Path, model_dir: Path, settings: Settings) -> dict:
+    """ORT INT8 on the fused graph when there is one (ORT's own order: fuse, then quantize).
+
+    dynamic: every MatMul and Attention (QAttention) with runtime activation scales. static: ORT quantizes the
+    fused Attention op only in its integer-op (dynamic) mode, so the int8 attention path is two passes: the
+    Attention ops to QAttention, then the remaining MatMuls static QDQ INT8 with calibrated activation ranges."""
+    from slimops.quantization import quantize_model
+
+    reduce_range = not settings.hardware.vnni  # 7-bit weights where u8 x s8 products would saturate
+    src = fused if fused.is_file() else source
+
+    def config(mode, op_types, const_b_only=True):
+        return SimpleNamespace(mode=mode, per_channel=True, reduce_range=reduce_range, op_types=op_types,
+                               matmul_const_b_only=const_b_only, calibration_method="minmax",
+                               calibration_samples=settings.calibration_samples, activation_type="uint8")
+
+    if not static:
+        quantize_model(src, target, config("dynamic", None), [], model_dir)
+        return {"reduce_range": reduce_range, "graph": "fused" if src == fused else "as exported"}
+    import onnx
+
+    if src == fused and any(n.op_type == "Attention" for n in onnx.load(str(src), load_external_data=False).graph.node):
+        staged = target.with_name("qattention.onnx")
+        quantize_model(src, staged, config("dynamic", ["Attention"]), [], model_dir)
+        quantize_model(staged, target, config("static", ["MatMul"]), [], model_dir, settings.calibration)
+        staged.unlink()
+        return {"reduce_range": reduce_range, "graph": "fused", "attention": "QAttention (int8)",
+                "matmuls": "static QDQ int8"}
+    # No fused attention to quantize: static QDQ everywhere, activation x activation MatMuls included.
+    quantize_model(source, target, config("static", ["Conv", "Gemm", "MatMul"], const_b_only=False), [], model_dir,
+                   settings.calibration)
+    return {"reduce_range": reduce_range, "graph": "as exported", "matmuls": "static QDQ int8"}
 
 
 def _accuracy_control(baseline, info, data: Dataset, name: str, settings: Settings) -> dict:

@@ -8,10 +8,11 @@ from slimops.handlers.base import Runnable, TextMixin
 
 
 def compile_properties(precision: str, threads: int | None = None) -> dict:
-    """OpenVINO CPU properties for an IR of this precision: bf16 runs bf16; everything else (fp32, and int8 IR
+    """OpenVINO CPU properties for an IR of this precision: bf16 runs bf16, and so do the float ops of an
+    ``int8-bf16`` IR (an NNCF INT8 model whose non-quantized ops run bf16); everything else (fp32, and an int8 IR
     whose non-quantized ops are float) runs f32, explicitly, because the default hint is bf16 on any CPU with
     AVX512-BF16 or AMX."""
-    props = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+    props = {"INFERENCE_PRECISION_HINT": "bf16" if precision in ("bf16", "int8-bf16") else "f32"}
     if threads:
         props["INFERENCE_NUM_THREADS"] = threads
     return props
@@ -37,7 +38,7 @@ class OpenVinoModel(TextMixin, Runnable):
         self.compiled = core.compile_model(str(self.model_dir / info.file), "CPU", compile_properties(info.precision))
         # What the plugin will compute in, read back from the compiled model (not what was asked for).
         self.precision_ran = ran_precision(self.compiled)
-        if info.precision == "int8":
+        if info.precision.startswith("int8"):
             self.precision_ran = f"int8/{self.precision_ran}"  # quantized ops int8, the rest in this float precision
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
         if info.task != "tensor-classification":

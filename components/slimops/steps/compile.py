@@ -19,6 +19,9 @@ class AutoSearch(StepConfig):
                                           "candidate may lose against the step's input")
     max_relative_metric_drop: float | None = Field(None, ge=0, le=1, description="the same, as a fraction")
     min_fidelity: float | None = Field(None, description="min mean cosine / top-1 agreement % to the input's outputs")
+    max_size_ratio: float | None = Field(None, gt=0, description="the gate's size rule: a candidate's model files at "
+                                         "most this fraction of the input's (so a fast fp32/bf16 candidate is not "
+                                         "kept for a gate that asks for a smaller model)")
     serve_on: Literal["local", "sagemaker", "azureml", "vertex", "kserve"] = Field(
         "local", description="where the kept model will be served: formats that target cannot run are left out")
     formats: list[Literal["onnx", "openvino"]] | None = Field(None, description="only these formats (default: all "
@@ -151,7 +154,7 @@ class Compile(Step):
                f"{' (' + SERVES_WHY[search.serve_on] + ')' if search.serve_on in SERVES_WHY else ''}"
                if len(takes) < 2 else "not in search.formats")
         policy = GatePolicy(max_metric_drop=search.max_metric_drop, max_relative_metric_drop=search.max_relative_metric_drop,
-                            min_fidelity=search.min_fidelity, min_speedup=None)
+                            min_fidelity=search.min_fidelity, max_size_ratio=search.max_size_ratio, min_speedup=None)
         settings = Settings(data=data, calibration=calibration, policy=policy, formats=formats, excluded_why=why,
                             hardware=target, threads=default_threads(ctx.threads), batch_size=search.batch_size,
                             throughput_samples=search.throughput_samples, rounds=search.rounds,
@@ -166,7 +169,7 @@ class Compile(Step):
                             progress=lambda msg: progress.note(msg))
         rows, chosen = result["rows"], result["chosen"]
         if chosen is None:
-            raise BadInput("compile auto: no candidate passed the accuracy rules (" +
+            raise BadInput("compile auto: no candidate passed the accuracy and size rules (" +
                            "; ".join(f"{r['candidate']}: {r.get('reason') or ', '.join(r.get('failed_rules', []))}"
                                      for r in rows)[:400] + "); loosen search.max_metric_drop or compile explicitly")
         kept = next(r for r in rows if r["chosen"])
