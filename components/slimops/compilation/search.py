@@ -101,7 +101,7 @@ def run_search(model_dir: Path, info: ModelInfo, work: Path, settings: Settings,
         model = load(cand_dir, cand_info, settings.threads)
         out = predict_all(model, data.inputs, settings.batch_size)
         metric = task_metrics(out, data)[name]
-        fid = fidelity(base_out, out, task)
+        fid = fidelity(base_out, out, task, data)
         speed = measure_speed({"baseline": baseline, "candidate": model}, timed, settings.rounds, settings.threads,
                               settings.policy.confidence or 0.95)
         latency = alternate_latency({"baseline": baseline, "candidate": model}, data.inputs, settings.latency_runs)
@@ -110,7 +110,7 @@ def run_search(model_dir: Path, info: ModelInfo, work: Path, settings: Settings,
                   "relative_metric_drop": (base_metric - metric) / abs(base_metric) if base_metric else 0.0,
                   "speedup": speed["speedup"], "size_ratio": size / _size(model_dir),
                   "candidate_p95_ms": latency["candidate"]["p95_ms"],
-                  "fidelity": fid.get("mean_cosine", fid.get("top1_agreement"))}
+                  "fidelity": fid.get("mean_cosine", fid.get("top1_agreement", fid.get("tag_agreement")))}
         rules = check(settings.policy.model_copy(update={"min_speedup": None, "max_size_ratio": None,
                                                          "max_p95_latency_ms": None}), judged)
         row.update(status="measured", precision_ran=getattr(model, "precision_ran", None) or cand_info.precision,
