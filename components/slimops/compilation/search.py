@@ -213,7 +213,7 @@ def _accuracy_control(baseline, info, data: Dataset, name: str, settings: Settin
             encoded = baseline.tokenize(batch)
             feeds = {port.get_any_name(): encoded[port.get_any_name()].astype(np.int64) for port in compiled.inputs}
             outputs.append(baseline.finish(np.asarray(compiled(feeds)[0], dtype=np.float32),
-                                           encoded["attention_mask"]))
+                                           encoded["attention_mask"], encoded.get("word_index")))
         return task_metrics(np.concatenate(outputs), data)[name], None
 
     if policy.max_metric_drop is not None:
