@@ -218,3 +218,29 @@ def test_a_model_whose_labels_are_not_iob_tags_exits_2(tmp_path, token_classifie
     done = run_cli("step", "validate", "--model", model, "--baseline", model, "--out", out,
                    "--set", "data.format=jsonl", "--set", f"data.path={path}", *FAST)
     assert "which are not IOB tags" in assert_bad_input(done.returncode, done.stderr, out)
+
+
+def test_compile_auto_measures_every_candidate_on_entity_f1(ner_run, tmp_path):
+    """The candidate search on token data: ORT static INT8 and NNCF calibrate on word lists, OpenVINO candidates
+    map token logits to words like ONNX Runtime does, and every candidate is scored on entity F1."""
+    home, _ = ner_run
+    out = tmp_path / "auto"
+    data = ["--set", "search.data.format=jsonl", "--set", f"search.data.path={NER_DEV}", "--set", "search.data.limit=80"]
+    calibration = ["--set", "search.calibration.format=jsonl", "--set", f"search.calibration.path={NER_DEV}",
+                   "--set", "search.calibration.limit=32", "--set", "search.calibration_samples=32"]
+    done = run_cli("step", "compile", "--model", home / "run" / "steps" / "export", "--out", out, "--threads", "1",
+                   "--set", "target=auto", *data, *calibration, "--set", "search.rounds=2",
+                   "--set", "search.latency_runs=5", "--set", "search.throughput_samples=32")
+    assert done.returncode == 0, done.stderr[-2000:]
+    auto = json.loads((out / "manifest.json").read_text())["details"]["auto"]
+    assert auto["metric"] == "entity_f1" and auto["input_metric"] > 60
+    rows = {row["candidate"]: row for row in auto["candidates"]}
+    assert {"ort-int8-dynamic", "ort-int8-static", "openvino-fp32", "openvino-int8"} <= {
+        name for name, row in rows.items() if row["status"] == "measured"}, rows
+    assert rows["openvino-fp32"]["metric_drop"] == pytest.approx(0, abs=0.5)  # the same model, another runtime
+    for name in ("ort-int8-static", "openvino-int8"):
+        assert rows[name]["fidelity"] >= 97, rows[name]  # calibrated on words, the INT8 models keep the tags
+
+    from slimops.handlers import describe
+
+    assert describe(out).task == "token-classification"

@@ -172,10 +172,9 @@ def drop_interval(baseline: np.ndarray, candidate: np.ndarray, dataset: Dataset,
     """Paired bootstrap of the metric drop (baseline - candidate, x100 points) over the evaluation examples.
 
     Paired: each resample scores both models on the same examples (STS: the same pairs), so what varies is
-    where the two models disagree, not which examples happened to be in the set. Token data: entity F1 over
-    resampled sentences. A candidate that gives the
+    where the two models disagree, not which examples happened to be in the set. A candidate that gives the
     baseline's answers has an interval of [0, 0] on any set; one that disagrees often on a small set has a
-    wide one.
+    wide one. Token data: entity F1 over resampled sentences.
     """
     from scipy.stats import rankdata
 

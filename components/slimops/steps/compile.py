@@ -140,7 +140,7 @@ class Compile(Step):
         target = here if config.target_hardware == sorted(here.features) else hardware.resolve(config.target_hardware)
         data = load_dataset(search.data, label2id_of(ctx.model_dir))  # string labels / tags: the model's ids
         check_inputs(info, data, "compile search data")
-        calibration = load_dataset(search.calibration) if search.calibration else None
+        calibration = load_dataset(search.calibration, label2id_of(ctx.model_dir)) if search.calibration else None
         if calibration is not None:
             check_inputs(info, calibration, "compile search calibration")
         from slimops.deploy import SERVES, SERVES_WHY
