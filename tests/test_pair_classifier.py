@@ -132,10 +132,10 @@ def test_a_task_config_json_does_not_say_exits_2_saying_how_to_set_it(tmp_path, 
     from slimops.handlers import describe
 
     assert describe(model, "text-classification").task == "text-classification"  # what --set task=... gives
-    config["architectures"] = ["BertForTokenClassification"]
+    config["architectures"] = ["BertForQuestionAnswering"]
     (model / "config.json").write_text(json.dumps(config))
     done = run_cli("step", "export", "--model", model, "--out", out)
-    assert "'token-classification' is not supported by slimops yet" in assert_bad_input(done.returncode, done.stderr, out)
+    assert "'question-answering' is not supported by slimops yet" in assert_bad_input(done.returncode, done.stderr, out)
     done = run_cli("step", "export", "--model", model, "--out", out, "--set", "task=ner")
     assert "unknown task 'ner'" in assert_bad_input(done.returncode, done.stderr, out)
 

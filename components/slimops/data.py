@@ -9,6 +9,8 @@ Formats:
   (``{text: sentence1, text_pair: sentence2, label: label}``); without it, common names are recognised (text /
   sentence / sentence1 / premise / question, text_pair / sentence2 / hypothesis, label). A CSV/TSV header row is
   detected. String labels map through the model's ``label2id`` (config.json), integer labels are ids.
+- token data (NER): ``columns: {tokens: ..., tags: ...}`` (or, in JSONL/Parquet, a ``tokens`` / ``words`` column): a
+  list of words and a list of tags per row (slimops.tasks.token_classification).
 - ``digits``: scikit-learn's 8x8 digits (ships offline), split by a seeded stratified split.
 - ``npz``: arrays ``x`` and ``y`` (loaded with ``allow_pickle=False``).
 """
@@ -40,7 +42,7 @@ class DataSpec(BaseModel):
     label_column: int = Field(1, ge=0, description="text-classification: column of the integer label")
     columns: dict[str, str | int] | None = Field(
         None, description="role -> column name (or 0-based index): text, text_pair, label; e.g. "
-        "{text: sentence1, text_pair: sentence2, label: label}")
+        "{text: sentence1, text_pair: sentence2, label: label}; token data: {tokens: tokens, tags: ner_tags}")
     header: bool | None = Field(None, description="csv/tsv: whether the first row names the columns (default: detected)")
 
     @field_validator("columns")
@@ -50,8 +52,10 @@ class DataSpec(BaseModel):
             unknown = [key for key in columns if key not in COLUMN_ROLES]
             if unknown:
                 raise ValueError(f"unknown column key {unknown[0]!r}; the keys are {', '.join(COLUMN_ROLES)}")
-            if "text" not in columns:
-                raise ValueError("columns needs 'text' (the column of the input text)")
+            if "tokens" in columns and set(columns) - {"tokens", "tags"}:
+                raise ValueError("token data takes columns tokens and tags only (the words and their tags)")
+            if "text" not in columns and "tokens" not in columns:
+                raise ValueError("columns needs 'text' (the column of the input text), or 'tokens' for token data")
         return columns
 
     def fingerprint(self) -> dict:
@@ -64,7 +68,7 @@ class DataSpec(BaseModel):
         return info
 
 
-COLUMN_ROLES = ("text", "text_pair", "label")
+COLUMN_ROLES = ("text", "text_pair", "label", "tokens", "tags")
 # Column names recognised when a table has a header but the recipe names no columns.
 COMMON_NAMES = {
     "text": ("text", "sentence", "sentence1", "premise", "question", "question1", "query", "text_a"),
@@ -83,6 +87,9 @@ class Dataset:
     scores: np.ndarray | None = None  # STS gold similarity
     raw_labels: list[str] | None = None  # labels as written (strings), until mapped through a model's label2id
     label_where: list[str] | None = None  # "file:line" of each raw label, for error messages
+    tags: list | None = None  # token data: each sentence's tags (as written, then label-id arrays)
+    tag_names: list[str] | None = None  # token data: the model's labels by id, once tags are resolved
+    tag_where: list[str] | None = None  # token data: "file:line" of each sentence, until tags are resolved
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -91,6 +98,8 @@ class Dataset:
     def kind(self) -> str:
         if self.scores is not None:
             return "sts"
+        if self.tags is not None:
+            return "tokens"
         if self.labels is not None or self.raw_labels is not None:
             return "classification"
         return "unlabeled"
@@ -107,11 +116,20 @@ def load_dataset(spec: DataSpec, label2id: dict[str, int] | None = None) -> Data
             raise BadInput(f"data file not found: {path}; check the 'path' of the dataset")
     if spec.format == "text-classification" and (spec.columns or _has_header_words(Path(spec.path))):
         reader = _read_table  # named columns: read as csv / tsv by the file's suffix
+    if spec.format in ("csv", "tsv", "jsonl", "parquet"):
+        from slimops.tasks import token_classification
+
+        if token_classification.is_token_data(spec, Path(spec.path)):
+            reader = token_classification.read_tokens
     dataset = reader(spec)
     if len(dataset) == 0:
         raise BadInput(f"data file {spec.path or spec.format} holds no examples; give a file with data")
     if dataset.raw_labels is not None:
         resolve_labels(dataset, label2id)
+    if dataset.tags is not None:
+        from slimops.tasks.token_classification import resolve_tags
+
+        resolve_tags(dataset, label2id)
     return dataset
 
 
@@ -362,7 +380,8 @@ def _read_csv_rows(path: Path) -> list[list[str]]:
         raise BadInput(f"{path}:{reader.line_num}: cannot split the line into columns ({err}); fix its quoting") from None
 
 
-def _jsonl_table(path: Path):
+def _jsonl_table(path: Path, lists: bool = False):
+    """(column names, rows, first line); ``lists``: cells may hold JSON lists (token data's words and tags)."""
     import json
 
     records, names = [], []
@@ -383,13 +402,13 @@ def _jsonl_table(path: Path):
     rows = [[record.get(name) for name in names] for record in records]
     for row in rows:
         for i, value in enumerate(row):
-            if isinstance(value, (dict, list)):
+            if isinstance(value, dict) or (isinstance(value, list) and not lists):
                 raise BadInput(f"{path}: column {_quoted(names[i])} holds a JSON {type(value).__name__}, not text or a "
                                "label; name a column of strings or numbers")
     return names, rows, 1
 
 
-def _parquet_table(path: Path):
+def _parquet_table(path: Path, lists: bool = False):
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -402,8 +421,9 @@ def _parquet_table(path: Path):
     names = list(table.column_names)
     columns = [table.column(name).to_pylist() for name in names]
     for name, values in zip(names, columns):
-        if any(isinstance(v, (dict, list, bytes)) for v in values[:100]):
-            columns[names.index(name)] = [v if not isinstance(v, (dict, list, bytes)) else None for v in values]
+        kept = (dict, bytes) if lists else (dict, list, bytes)  # lists: token data's words and tags
+        if any(isinstance(v, kept) for v in values[:100]):
+            columns[names.index(name)] = [v if not isinstance(v, kept) else None for v in values]
     rows = [list(row) for row in zip(*columns)] if columns else []
     return names, rows, 0
 

@@ -30,6 +30,15 @@ def metric_name(model_task: str, dataset: Dataset) -> str:
         if model_task != "sentence-embedding":
             raise BadInput(f"STS data needs a sentence-embedding model, not {model_task}; use classification data")
         return "spearman"
+    if dataset.kind == "tokens" or model_task == "token-classification":
+        if dataset.kind != "tokens" or model_task != "token-classification":
+            raise BadInput("token data (words and tags) needs a token-classification model, and a token-classification "
+                           "model needs token data: columns: {tokens: ..., tags: ...}" if dataset.kind != "unlabeled"
+                           else "evaluation data for a token-classification model needs tags: columns: {tokens: ..., "
+                           "tags: ...}")
+        from slimops.tasks.token_classification import METRIC
+
+        return METRIC
     if dataset.kind == "classification":
         if model_task == "sentence-embedding":
             raise BadInput("classification data needs a classifier; for an encoder use STS data (format: sts)")
@@ -73,6 +82,10 @@ def task_metrics(outputs: np.ndarray, dataset: Dataset) -> dict[str, float]:
     """Spearman x100 of cosine similarity for STS; accuracy and macro-F1 x100 for classification (and the positive
     class's F1 for a binary classifier)."""
     finite_outputs(outputs)
+    if dataset.kind == "tokens":
+        from slimops.tasks import token_classification
+
+        return finite_metrics(token_classification.task_metrics(outputs, dataset), "the token data")
     if dataset.kind == "sts":
         from scipy.stats import spearmanr
 
@@ -93,10 +106,14 @@ def task_metrics(outputs: np.ndarray, dataset: Dataset) -> dict[str, float]:
     return finite_metrics(scores, "the classification data")
 
 
-def fidelity(baseline: np.ndarray, candidate: np.ndarray, task: str) -> dict[str, float]:
-    """How closely the candidate reproduces the baseline's own outputs."""
+def fidelity(baseline: np.ndarray, candidate: np.ndarray, task: str, dataset: Dataset | None = None) -> dict[str, float]:
+    """How closely the candidate reproduces the baseline's own outputs (token-classification: on ``dataset``'s words)."""
     finite_outputs(baseline, "the baseline")
     finite_outputs(candidate, "the candidate")
+    if task == "token-classification":
+        from slimops.tasks import token_classification
+
+        return finite_metrics(token_classification.fidelity(baseline, candidate, dataset), "fidelity")
     if task == "sentence-embedding":
         cos = (baseline * candidate).sum(1) / (
             np.linalg.norm(baseline, axis=1) * np.linalg.norm(candidate, axis=1) + 1e-12)
@@ -157,7 +174,7 @@ def drop_interval(baseline: np.ndarray, candidate: np.ndarray, dataset: Dataset,
     Paired: each resample scores both models on the same examples (STS: the same pairs), so what varies is
     where the two models disagree, not which examples happened to be in the set. A candidate that gives the
     baseline's answers has an interval of [0, 0] on any set; one that disagrees often on a small set has a
-    wide one.
+    wide one. Token data: entity F1 over resampled sentences.
     """
     from scipy.stats import rankdata
 
@@ -170,6 +187,11 @@ def drop_interval(baseline: np.ndarray, candidate: np.ndarray, dataset: Dataset,
         scores = [_row_correlation(rankdata(sim[picks], axis=1), gold_ranks) for sim in sims]
         drops = 100.0 * (scores[0] - scores[1])
         units = len(gold)
+    elif dataset.kind == "tokens":  # entity F1 over resampled sentences
+        from slimops.tasks.token_classification import bootstrap_drops
+
+        drops = bootstrap_drops(baseline, candidate, dataset, rng, resamples)
+        units = len(dataset.tags)
     else:
         labels = np.asarray(dataset.labels)
         right = [(outputs.argmax(axis=1) == labels).astype(float) for outputs in (baseline, candidate)]

@@ -105,7 +105,7 @@ def run_search(model_dir: Path, info: ModelInfo, work: Path, settings: Settings,
         model = load(cand_dir, cand_info, settings.threads)
         out = predict_all(model, data.inputs, settings.batch_size)
         metric = task_metrics(out, data)[name]
-        fid = fidelity(base_out, out, task)
+        fid = fidelity(base_out, out, task, data)
         speed = measure_speed({"baseline": baseline, "candidate": model}, timed, settings.rounds, settings.threads,
                               settings.policy.confidence or 0.95)
         latency = alternate_latency({"baseline": baseline, "candidate": model}, data.inputs, settings.latency_runs)
@@ -114,7 +114,7 @@ def run_search(model_dir: Path, info: ModelInfo, work: Path, settings: Settings,
                   "relative_metric_drop": (base_metric - metric) / abs(base_metric) if base_metric else 0.0,
                   "speedup": speed["speedup"], "size_ratio": size / _size(model_dir),
                   "candidate_p95_ms": latency["candidate"]["p95_ms"],
-                  "fidelity": fid.get("mean_cosine", fid.get("top1_agreement"))}
+                  "fidelity": fid.get("mean_cosine", fid.get("top1_agreement", fid.get("tag_agreement")))}
         rules = check(settings.policy.model_copy(update={"min_speedup": None, "max_p95_latency_ms": None}), judged)
         row.update(status="measured", precision_ran=getattr(model, "precision_ran", None) or cand_info.precision,
                    metric=metric, metric_drop=judged["metric_drop"],
@@ -255,7 +255,7 @@ def _accuracy_control(baseline, info, data: Dataset, name: str, settings: Settin
             encoded = baseline.tokenize(batch)
             feeds = {port.get_any_name(): encoded[port.get_any_name()].astype(np.int64) for port in compiled.inputs}
             outputs.append(baseline.finish(np.asarray(compiled(feeds)[0], dtype=np.float32),
-                                           encoded["attention_mask"]))
+                                           encoded["attention_mask"], encoded.get("word_index")))
         return task_metrics(np.concatenate(outputs), data)[name], None
 
     if policy.max_metric_drop is not None:

@@ -43,6 +43,10 @@ class TextMixin:
     def tokenize(self, texts: Sequence[str] | Sequence[tuple[str, str]]) -> dict[str, np.ndarray]:
         """Single texts, or (text, text_pair) pairs: a pair classifier sees ``[CLS] a [SEP] b [SEP]``."""
         texts = list(texts)
+        if self.info.task == "token-classification":  # word lists; adds word_index (slimops.tasks)
+            from slimops.tasks.token_classification import tokenize_words
+
+            return tokenize_words(self.tokenizer, texts, self.info.max_length)
         if texts and isinstance(texts[0], (tuple, list)):
             return dict(self.tokenizer([a for a, _ in texts], [b for _, b in texts], padding=True,
                                        truncation="longest_first", max_length=self.info.max_length,
@@ -50,7 +54,11 @@ class TextMixin:
         return dict(self.tokenizer(texts, padding=True, truncation=True,
                                    max_length=self.info.max_length, return_tensors="np"))
 
-    def finish(self, output: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def finish(self, output: np.ndarray, attention_mask: np.ndarray, word_index: np.ndarray | None = None) -> np.ndarray:
+        if self.info.task == "token-classification" and word_index is not None:  # per-token -> per-word logits
+            from slimops.tasks.token_classification import word_logits
+
+            return word_logits(output, word_index, self.info.max_length)
         if self.info.task != "sentence-embedding":
             return output
         if self.info.pooling == "cls":

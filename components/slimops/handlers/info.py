@@ -15,7 +15,7 @@ from slimops.formats import (check_architecture, check_hf_files, check_model_fil
                              check_tokenizer, has_tokenizer_files, load_json_file, parse_packed)
 from slimops.manifest import read_manifest, within
 
-Task = Literal["sentence-embedding", "text-classification", "tensor-classification"]
+Task = Literal["sentence-embedding", "text-classification", "tensor-classification", "token-classification"]
 PACKED_FILE = "model.onnx.zst"  # the pack step's output: one ONNX protobuf, zstd-compressed
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -43,13 +43,13 @@ TASKS: dict[str, str | None] = {
     "sentence-similarity": "sentence-embedding",
     "sentence-embedding": "sentence-embedding",
     "text-classification": "text-classification",
-    "token-classification": None,
+    "token-classification": "token-classification",  # NER: word tags, scored with seqeval entity F1
     "question-answering": None,
     "image-classification": "tensor-classification",  # through a PyTorch factory (architecture.json) or its ONNX
     "text-generation": None,
     "fill-mask": None,
 }
-SUPPORTED_TASKS = ("feature-extraction", "text-classification", "image-classification")
+SUPPORTED_TASKS = ("feature-extraction", "text-classification", "token-classification", "image-classification")
 # config.json architectures suffix -> optimum task.
 HEADS = (("ForSequenceClassification", "text-classification"), ("ForTokenClassification", "token-classification"),
          ("ForQuestionAnswering", "question-answering"), ("ForImageClassification", "image-classification"),
@@ -240,8 +240,8 @@ def _describe_hf(model_dir: Path, names: set[str], task: str | None = None) -> M
     if kind == "tensor-classification":
         raise BadInput(f"{model_dir}: image-classification from a Hugging Face vision model is not supported yet; give "
                        "the model as a PyTorch factory (architecture.json + safetensors) or as ONNX")
-    if kind == "text-classification":
-        return ModelInfo(format="hf", task="text-classification", file="model.safetensors",
+    if kind in ("text-classification", "token-classification"):
+        return ModelInfo(format="hf", task=kind, file="model.safetensors",
                          num_labels=len(config.get("id2label", {})) or None, normalize=False)
     pooling, normalize = "mean", True
     pooling_config = model_dir / "1_Pooling" / "config.json"
@@ -314,6 +314,9 @@ def _info_from_graph(model_dir: Path, file: str, graph, fmt: str) -> ModelInfo:
     outputs = [o.name for o in graph.output]
     if has_tokenizer(model_dir):
         task = "text-classification" if "logits" in outputs else "sentence-embedding"
+        logits = next((o for o in graph.output if o.name == "logits"), None)
+        if logits is not None and logits.type.tensor_type.HasField("shape") and len(logits.type.tensor_type.shape.dim) == 3:
+            task = "token-classification"  # logits per token: [batch, tokens, labels]
         return ModelInfo(format=fmt, task=task, file=file, normalize=task == "sentence-embedding")
     # A tensor classifier: one float input [batch, example dims...] and logits [batch, classes] first.
     inputs = [i for i in graph.input if i.name not in {init.name for init in graph.initializer}]

@@ -50,4 +50,4 @@ class OpenVinoModel(TextMixin, Runnable):
         encoded = self.tokenize(batch)
         feeds = {name: encoded[name].astype(np.int64) for name in self.input_names}
         output = np.asarray(self.compiled(feeds)[0], dtype=np.float32)
-        return self.finish(output, encoded["attention_mask"])
+        return self.finish(output, encoded["attention_mask"], encoded.get("word_index"))

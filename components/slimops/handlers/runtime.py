@@ -20,11 +20,12 @@ class HFModel(TextMixin, Runnable):
     def __init__(self, model_dir, info, threads=None):
         super().__init__(model_dir, info)
         import torch
-        from transformers import AutoModel, AutoModelForSequenceClassification
+        from transformers import AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
         if threads:
             torch.set_num_threads(threads)
-        cls = AutoModelForSequenceClassification if info.task == "text-classification" else AutoModel
+        cls = {"text-classification": AutoModelForSequenceClassification,
+               "token-classification": AutoModelForTokenClassification}.get(info.task, AutoModel)
         try:
             self.model = cls.from_pretrained(str(model_dir), use_safetensors=True, trust_remote_code=False).eval()
         except (ValueError, KeyError, TypeError, OSError, RuntimeError, AttributeError) as err:
@@ -37,9 +38,9 @@ class HFModel(TextMixin, Runnable):
 
         encoded = self.tokenize(batch)
         with torch.inference_mode():
-            out = self.model(**{k: torch.from_numpy(v) for k, v in encoded.items()})
-        first = out.logits if self.info.task == "text-classification" else out.last_hidden_state
-        return self.finish(first.float().numpy(), encoded["attention_mask"])
+            out = self.model(**{k: torch.from_numpy(v) for k, v in encoded.items() if k != "word_index"})
+        first = out.last_hidden_state if self.info.task == "sentence-embedding" else out.logits
+        return self.finish(first.float().numpy(), encoded["attention_mask"], encoded.get("word_index"))
 
 
 def library_error(err: BaseException, limit: int = 160) -> str:
@@ -143,7 +144,7 @@ class OnnxModel(TextMixin, Runnable):
             raise BadInput(f"{self.model_dir / self.info.file} expects inputs {sorted(missing)} "
                            "that its tokenizer does not produce; re-export the model with its tokenizer")
         output = self.session.run(None, feeds)[0].astype(np.float32)
-        return self.finish(output, encoded["attention_mask"])
+        return self.finish(output, encoded["attention_mask"], encoded.get("word_index"))
 
 
 def load(model_dir: Path, info: ModelInfo | None = None, threads: int | None = None) -> Runnable:
@@ -168,6 +169,10 @@ def sample_batch(info: ModelInfo, size: int = 4):
     if info.task == "tensor-classification":
         rng = np.random.default_rng(0)
         return rng.random((size, *info.input_shape), dtype=np.float32)
+    if info.task == "token-classification":
+        from slimops.tasks.token_classification import sample_words
+
+        return (sample_words() * size)[:size]
     sentences = [
         "A man is playing a guitar.",
         "The quick brown fox jumps over the lazy dog near the river bank.",

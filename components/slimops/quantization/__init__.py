@@ -147,7 +147,10 @@ class CalibrationFeeds:
             self.feeds = []
             for start in range(0, len(examples), 8):
                 chunk = list(examples[start:start + 8])
-                if chunk and isinstance(chunk[0], (tuple, list)):  # (text, text_pair): a pair classifier's input
+                if chunk and isinstance(chunk[0], list):  # a sentence's words: token data (NER)
+                    encoded = tokenizer(chunk, is_split_into_words=True, padding=True, truncation=True, max_length=128,
+                                        return_tensors="np")
+                elif chunk and isinstance(chunk[0], tuple):  # (text, text_pair): a pair classifier's input
                     encoded = tokenizer([a for a, _ in chunk], [b for _, b in chunk], padding=True,
                                         truncation="longest_first", max_length=128, return_tensors="np")
                 else:

@@ -111,12 +111,12 @@ def _error(reference: np.ndarray, candidate: np.ndarray, task: str) -> float:
         cos = (reference * candidate).sum(1) / (
             np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1) + 1e-12)
         return float(1.0 - cos.mean())
-    return float(np.abs(_softmax(reference) - _softmax(candidate)).sum(1).mean())
+    return float(np.abs(_softmax(reference) - _softmax(candidate)).sum(-1).mean())  # per example (per word)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 def _link_tokenizer(model_dir: Path, workdir: Path) -> None:

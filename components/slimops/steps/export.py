@@ -49,7 +49,7 @@ class Export(Step):
     def _export_hf(self, ctx, config, info):
         from optimum.exporters.onnx import main_export
 
-        task = "text-classification" if info.task == "text-classification" else "feature-extraction"
+        task = info.task if info.task in ("text-classification", "token-classification") else "feature-extraction"
         # optimum prints its own validation chatter; the parity check below is ours.
         try:
             with contextlib.redirect_stdout(io.StringIO()):

@@ -79,7 +79,7 @@ class Validate(Step):
                   if config.measure_memory else {})
 
         base, cand = scores["baseline"][name], scores["candidate"][name]
-        fid = fidelity(outputs["baseline"], outputs["candidate"], candidate_info.task)
+        fid = fidelity(outputs["baseline"], outputs["candidate"], candidate_info.task, dataset)
         drop = drop_interval(outputs["baseline"], outputs["candidate"], dataset, config.gate.confidence or 0.95)
         warnings = sample_size_warnings(drop, config.gate.max_metric_drop)
         pairs = speed["timing"]["rounds"] // 2
@@ -98,7 +98,7 @@ class Validate(Step):
             **{f"baseline_{k}": v for k, v in scores["baseline"].items() if k != name},
             **{f"candidate_{k}": v for k, v in scores["candidate"].items() if k != name},
             **fid,
-            "fidelity": fid.get("mean_cosine", fid.get("top1_agreement")),
+            "fidelity": fid.get("mean_cosine", fid.get("top1_agreement", fid.get("tag_agreement"))),
             **speed,
             "baseline_p50_ms": latency["baseline"]["p50_ms"],
             "baseline_p95_ms": latency["baseline"]["p95_ms"],
