@@ -15,7 +15,7 @@ from slimops.formats import (check_architecture, check_hf_files, check_model_fil
                              check_tokenizer, has_tokenizer_files, load_json_file, parse_packed)
 from slimops.manifest import read_manifest, within
 
-Task = Literal["sentence-embedding", "text-classification", "tensor-classification"]
+Task = Literal["sentence-embedding", "text-classification", "tensor-classification", "causal-lm"]
 PACKED_FILE = "model.onnx.zst"  # the pack step's output: one ONNX protobuf, zstd-compressed
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -46,10 +46,10 @@ TASKS: dict[str, str | None] = {
     "token-classification": None,
     "question-answering": None,
     "image-classification": "tensor-classification",  # through a PyTorch factory (architecture.json) or its ONNX
-    "text-generation": None,
+    "text-generation": "causal-lm",  # perplexity on plain text (slimops.tasks.causal_lm)
     "fill-mask": None,
 }
-SUPPORTED_TASKS = ("feature-extraction", "text-classification", "image-classification")
+SUPPORTED_TASKS = ("feature-extraction", "text-classification", "image-classification", "text-generation")
 # config.json architectures suffix -> optimum task.
 HEADS = (("ForSequenceClassification", "text-classification"), ("ForTokenClassification", "token-classification"),
          ("ForQuestionAnswering", "question-answering"), ("ForImageClassification", "image-classification"),
@@ -243,6 +243,10 @@ def _describe_hf(model_dir: Path, names: set[str], task: str | None = None) -> M
     if kind == "text-classification":
         return ModelInfo(format="hf", task="text-classification", file="model.safetensors",
                          num_labels=len(config.get("id2label", {})) or None, normalize=False)
+    if kind == "causal-lm":  # texts are cut to the positions the model has (GPT-2: n_positions)
+        positions = config.get("n_positions", config.get("max_position_embeddings"))
+        length = min(128, positions) if isinstance(positions, int) and positions >= 8 else 128
+        return ModelInfo(format="hf", task="causal-lm", file="model.safetensors", max_length=length, normalize=False)
     pooling, normalize = "mean", True
     pooling_config = model_dir / "1_Pooling" / "config.json"
     if pooling_config.is_file():

@@ -1,0 +1,1 @@
+"""Task-specific data, model outputs and metrics for the tasks beyond embeddings and classification."""
