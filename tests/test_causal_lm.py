@@ -95,6 +95,20 @@ def test_readme_recipe_quantizes_the_lm_to_int4_and_gates_it_on_perplexity(lm_ru
     assert "perplexity (lower is better)" in report_md
 
 
+def test_an_exported_lm_describes_itself_without_its_manifest(lm_run, tmp_path):
+    """An ONNX LM handed over bare (graph, config.json, tokenizer; no slimops manifest) is still a causal LM:
+    config.json's architectures say so, as they do for the Hugging Face directory."""
+    from slimops.handlers import describe
+
+    home, _ = lm_run
+    bare = tmp_path / "bare"
+    shutil.copytree(home / "run" / "steps" / "export", bare, ignore=shutil.ignore_patterns("manifest.json"))
+    assert describe(bare).task == "causal-lm"
+    config = json.loads((bare / "config.json").read_text())
+    (bare / "config.json").write_text(json.dumps({**config, "architectures": ["GPT2ForSequenceClassification"]}))
+    assert describe(bare).task == "text-classification"  # the same graph output, a classifier's config
+
+
 def test_dynamic_int8_of_the_lm_keeps_its_perplexity(lm_run, tmp_path):
     """The INT8 comparison point: ORT dynamic quantization of the same export (MatMul and the embedding Gather)."""
     home, _ = lm_run

@@ -312,12 +312,23 @@ def _describe_packed(model_dir: Path) -> ModelInfo:
     return info
 
 
+def _config_says_causal_lm(model_dir: Path) -> bool:
+    """config.json beside an exported graph (optimum copies it) names a causal LM head."""
+    path = Path(model_dir) / "config.json"
+    config = _read_json(path) if path.is_file() else {}
+    architectures = config.get("architectures") if isinstance(config, dict) else None
+    return any(isinstance(a, str) and a.endswith(suffix) for a in (architectures or [])
+               for suffix, task in HEADS if task == "text-generation")
+
+
 def _info_from_graph(model_dir: Path, file: str, graph, fmt: str) -> ModelInfo:
     if not graph.node or not graph.output:
         raise BadInput(f"{model_dir / file} holds no ONNX graph (empty or truncated file); re-export the model")
     outputs = [o.name for o in graph.output]
     if has_tokenizer(model_dir):
         task = "text-classification" if "logits" in outputs else "sentence-embedding"
+        if "logits" in outputs and _config_says_causal_lm(model_dir):  # an LM's logits: one row per position
+            task = "causal-lm"
         return ModelInfo(format=fmt, task=task, file=file, normalize=task == "sentence-embedding")
     # A tensor classifier: one float input [batch, example dims...] and logits [batch, classes] first.
     inputs = [i for i in graph.input if i.name not in {init.name for init in graph.initializer}]
