@@ -213,3 +213,22 @@ def test_unsupported_or_unknown_task_names_for_an_lm_exit_2(tmp_path, tiny_lm):
     done = run_cli("step", "export", "--model", tiny_lm, "--out", out, "--set", "task=generation")
     line = assert_bad_input(done.returncode, done.stderr, out)
     assert "unknown task 'generation'" in line and "text-generation" in line
+
+
+def test_max_length_beyond_the_lm_positions_exits_2(tmp_path, tiny_lm):
+    """A causal LM with 32 positions (GPT-2's n_positions): the default max_length 128 would index past its position
+    embeddings, so export refuses it and says what to set; within the positions it exports."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = tmp_path / "short-lm"
+    GPT2LMHeadModel(GPT2Config(vocab_size=4096, n_positions=32, n_embd=64, n_layer=1, n_head=1)).save_pretrained(
+        model, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copyfile(tiny_lm / name, model / name)
+    out = tmp_path / "out"
+    done = run_cli("step", "export", "--model", model, "--out", out)
+    line = assert_bad_input(done.returncode, done.stderr, out)
+    assert "max_length 128 is longer than the 32 positions" in line and "--set max_length=32" in line
+    done = run_cli("step", "export", "--model", model, "--out", out, "--set", "max_length=32")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((out / "manifest.json").read_text())["model"]["max_length"] == 32

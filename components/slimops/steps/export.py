@@ -34,6 +34,10 @@ class Export(Step):
             raise BadInput(f"{ctx.model_dir} is already ONNX; skip export or give the source model")
         if info.format not in ("hf", "torch"):
             raise BadInput(f"export cannot take a {info.format} model")
+        if info.task == "causal-lm":
+            from slimops.tasks.causal_lm import check_max_length
+
+            check_max_length(ctx.model_dir, config.max_length)
         with _quiet_exporters():
             (self._export_hf if info.format == "hf" else self._export_torch)(ctx, config, info)
         out_info = describe(ctx.out_dir).model_copy(update={

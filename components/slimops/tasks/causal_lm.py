@@ -93,3 +93,17 @@ def perplexity_increase_samples(baseline: np.ndarray, candidate: np.ndarray, pic
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.exp(nll / tokens)
     return ppl(candidate) - ppl(baseline)
+
+
+def check_max_length(model_dir, max_length: int) -> None:
+    """Texts are cut to ``max_length`` tokens; a causal LM has position embeddings for only so many."""
+    from pathlib import Path
+
+    from slimops.formats import load_json_file
+
+    path = Path(model_dir) / "config.json"
+    config = load_json_file(path) if path.is_file() else {}
+    positions = config.get("n_positions", config.get("max_position_embeddings")) if isinstance(config, dict) else None
+    if isinstance(positions, int) and not isinstance(positions, bool) and 0 < positions < max_length:
+        raise BadInput(f"max_length {max_length} is longer than the {positions} positions of {path}; set "
+                       f"max_length to at most {positions} (--set max_length={positions})")
