@@ -115,9 +115,12 @@ def _int4(source, target, config, exclude, model_dir, calibration):
     # accuracy_level 4 computes with int8 activations: the VNNI path on x86 CPUs.
     algo = DefaultWeightOnlyQuantConfig(block_size=config.block_size, is_symmetric=True, accuracy_level=4,
                                         op_types_to_quantize=ops, quant_axes=axes)
+    # The quantizer takes every node of its op types, whatever nodes_to_include says: the rest (small, or kept
+    # float by name) must be named in nodes_to_exclude to stay float.
+    keep = [node.name for node in model.graph.node if node.op_type in ops and node.name not in include]
     quantizer = MatMulNBitsQuantizer(model, block_size=config.block_size, is_symmetric=True, accuracy_level=4,
-                                     nodes_to_include=include, algo_config=algo, op_types_to_quantize=ops,
-                                     quant_axes=axes)
+                                     nodes_to_include=include, nodes_to_exclude=keep, algo_config=algo,
+                                     op_types_to_quantize=ops, quant_axes=axes)
     nbits_logger = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     level = nbits_logger.level
     nbits_logger.setLevel(logging.WARNING)  # it logs every node it visits at INFO through its own handler
