@@ -232,3 +232,22 @@ def test_max_length_beyond_the_lm_positions_exits_2(tmp_path, tiny_lm):
     done = run_cli("step", "export", "--model", model, "--out", out, "--set", "max_length=32")
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((out / "manifest.json").read_text())["model"]["max_length"] == 32
+
+
+def test_accuracy_aware_int4_keeps_nodes_float_while_perplexity_rises(lm_run, tmp_path):
+    """The accuracy-aware search reads perplexity the right way round: a candidate whose perplexity is higher than
+    the float model's is over a limit of 0, so the search keeps nodes in float (a reversed sign would call it met at
+    once, with no float node)."""
+    home, _ = lm_run
+    out = tmp_path / "aaq"
+    accuracy = {"data": {"format": "tsv", "path": str(STS_DEV), "columns": {"text": 5}, "limit": 48},
+                "max_metric_drop": 0.0, "max_float_nodes": 2, "sensitivity_samples": 8}
+    done = run_cli("step", "quantize", "--model", home / "run" / "steps" / "export", "--out", out,
+                   "--set", "mode=int4", "--set", f"accuracy={json.dumps(accuracy)}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    search = json.loads((out / "manifest.json").read_text())["details"]["accuracy_aware"]
+    assert search["metric"] == "perplexity"
+    first = search["search"][0]["metric"]
+    assert first > search["float_metric"], search  # INT4 everywhere raises perplexity a little
+    assert len(search["search"]) > 1 and search["float_nodes"], search
+    assert search["target_met"] == (search["quantized_metric"] <= search["float_metric"])
