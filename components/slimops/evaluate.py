@@ -9,6 +9,7 @@ import numpy as np
 
 from slimops.data import Dataset
 from slimops.errors import BadInput
+from slimops.tasks import causal_lm
 
 
 def batches(inputs, size: int):
@@ -26,6 +27,9 @@ def predict_all(model, inputs, batch_size: int = 32, progress=None) -> np.ndarra
 
 
 def metric_name(model_task: str, dataset: Dataset) -> str:
+    if model_task == causal_lm.TASK:
+        causal_lm.check_texts(dataset)
+        return causal_lm.METRIC
     if dataset.kind == "sts":
         if model_task != "sentence-embedding":
             raise BadInput(f"STS data needs a sentence-embedding model, not {model_task}; use classification data")
@@ -44,6 +48,15 @@ def metric_name(model_task: str, dataset: Dataset) -> str:
             raise BadInput("classification data needs a classifier; for an encoder use STS data (format: sts)")
         return "accuracy"
     raise BadInput("evaluation data has no labels or scores; use format 'sts', 'text-classification', 'digits' or npz with y")
+
+
+LOWER_IS_BETTER = {causal_lm.METRIC}
+
+
+def metric_drop(name: str, baseline: float, candidate: float) -> float:
+    """How much worse the candidate is: baseline - candidate for a higher-is-better metric (accuracy, Spearman),
+    candidate - baseline for a lower-is-better one (perplexity: its increase)."""
+    return candidate - baseline if name in LOWER_IS_BETTER else baseline - candidate
 
 
 def check_inputs(info, dataset: Dataset, where: str = "data") -> None:
@@ -86,6 +99,8 @@ def task_metrics(outputs: np.ndarray, dataset: Dataset) -> dict[str, float]:
         from slimops.tasks import token_classification
 
         return finite_metrics(token_classification.task_metrics(outputs, dataset), "the token data")
+    if dataset.kind == "unlabeled":  # only a causal LM gets past metric_name with plain text
+        return finite_metrics(causal_lm.metrics(outputs), "the text")
     if dataset.kind == "sts":
         from scipy.stats import spearmanr
 
@@ -118,6 +133,8 @@ def fidelity(baseline: np.ndarray, candidate: np.ndarray, task: str, dataset: Da
         cos = (baseline * candidate).sum(1) / (
             np.linalg.norm(baseline, axis=1) * np.linalg.norm(candidate, axis=1) + 1e-12)
         return finite_metrics({"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min())}, "fidelity")
+    if task == causal_lm.TASK:
+        return finite_metrics(causal_lm.agreement(baseline, candidate), "fidelity")
     return finite_metrics({"top1_agreement": 100.0 * float((baseline.argmax(1) == candidate.argmax(1)).mean())},
                           "fidelity")
 
@@ -169,7 +186,8 @@ def alternate_latency(models: dict, inputs, runs: int, blocks: int = 5, warmup: 
 
 def drop_interval(baseline: np.ndarray, candidate: np.ndarray, dataset: Dataset, confidence: float,
                   resamples: int = 1000, seed: int = 0) -> dict:
-    """Paired bootstrap of the metric drop (baseline - candidate, x100 points) over the evaluation examples.
+    """Paired bootstrap of the metric drop (baseline - candidate, x100 points; for perplexity candidate - baseline)
+    over the evaluation examples.
 
     Paired: each resample scores both models on the same examples (STS: the same pairs), so what varies is
     where the two models disagree, not which examples happened to be in the set. A candidate that gives the
@@ -179,7 +197,11 @@ def drop_interval(baseline: np.ndarray, candidate: np.ndarray, dataset: Dataset,
     from scipy.stats import rankdata
 
     rng = np.random.default_rng(seed)
-    if dataset.kind == "sts":
+    if dataset.kind == "unlabeled":  # a causal LM: resample texts, recompute both perplexities
+        picks = rng.integers(0, len(baseline), size=(resamples, len(baseline)))
+        drops = causal_lm.perplexity_increase_samples(baseline, candidate, picks)
+        units = len(baseline)
+    elif dataset.kind == "sts":
         gold = np.asarray(dataset.scores, float)
         sims = [_pair_cosines(outputs, dataset.pairs) for outputs in (baseline, candidate)]
         picks = rng.integers(0, len(gold), size=(resamples, len(gold)))

@@ -29,7 +29,7 @@ MAX_SAFETENSORS_HEADER = 32 * MiB  # the header of a file with ~300k tensors; sa
 MAX_DIM = 2**31 - 1  # one declared dimension of an ONNX graph input/output or a tensor
 MAX_EXAMPLE_ELEMENTS = 2**24  # one example of a tensor model (a 4096 x 4096 image)
 MAX_PACKED_BYTES = 2 * 1024 * MiB  # an ONNX protobuf cannot be larger
-TEXT_TASKS = ("sentence-embedding", "text-classification")
+TEXT_TASKS = ("sentence-embedding", "text-classification", "causal-lm")
 VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
                "sentencepiece.bpe.model")
 

@@ -17,8 +17,8 @@ from slimops.manifest import MANIFEST, hash_tree, strict_json
 class GatePolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    max_metric_drop: float | None = Field(1.0, ge=0, description="max drop of the task metric, in points (x100 scale)")
-    max_relative_metric_drop: float | None = Field(None, ge=0, le=1, description="max drop as a fraction of the baseline metric")
+    max_metric_drop: float | None = Field(1.0, ge=0, description="max drop of the task metric, in points (x100 scale); for perplexity (lower is better) its max increase")
+    max_relative_metric_drop: float | None = Field(None, ge=0, le=1, description="max drop as a fraction of the baseline metric (perplexity: max relative increase)")
     min_speedup: float | None = Field(1.0, gt=0, description="min batch throughput ratio candidate/baseline; fails 'smaller but not faster'")
     max_size_ratio: float | None = Field(None, gt=0, description="max size on disk candidate/baseline")
     max_p95_latency_ms: float | None = Field(None, gt=0, description="max batch-1 p95 latency of the candidate")

@@ -206,7 +206,9 @@ def _comparison_rows(summary: dict, manifests: dict) -> list[dict]:
 
 
 def _row(name, m, role, speedup, validated_by=None) -> dict:
-    return {"model": name, "metric_name": m["metric"], "metric": m[f"{role}_metric"],
+    lower = m.get("metric_direction") == "lower_is_better"  # perplexity: its drop is its increase
+    return {"model": name, "metric_name": f"{m['metric']} (lower is better)" if lower else m["metric"],
+            "metric": m[f"{role}_metric"],
             "p50": m[f"{role}_p50_ms"], "p95": m[f"{role}_p95_ms"], "throughput": m[f"{role}_throughput"],
             "speedup": speedup, "size": m[f"{role}_size_mb"], "peak": m.get(f"{role}_peak_mb"),
             "fidelity": None if role == "baseline" else m.get("fidelity"), "validated_by": validated_by,

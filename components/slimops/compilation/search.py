@@ -27,7 +27,7 @@ import numpy as np
 
 from slimops.compilation import bert_shape, nncf_int8, openvino_ir, ort_optimize, ran_precision_of
 from slimops.data import Dataset
-from slimops.evaluate import batches, fidelity, metric_name, predict_all, task_metrics
+from slimops.evaluate import batches, fidelity, metric_drop, metric_name, predict_all, task_metrics
 from slimops.gate import GatePolicy, check
 from slimops.hardware import Hardware
 from slimops.handlers import load
@@ -110,8 +110,9 @@ def run_search(model_dir: Path, info: ModelInfo, work: Path, settings: Settings,
                               settings.policy.confidence or 0.95)
         latency = alternate_latency({"baseline": baseline, "candidate": model}, data.inputs, settings.latency_runs)
         size = _size(cand_dir)
-        judged = {"metric_drop": base_metric - metric,
-                  "relative_metric_drop": (base_metric - metric) / abs(base_metric) if base_metric else 0.0,
+        drop = metric_drop(name, base_metric, metric)  # perplexity: its increase
+        judged = {"metric_drop": drop,
+                  "relative_metric_drop": drop / abs(base_metric) if base_metric else 0.0,
                   "speedup": speed["speedup"], "size_ratio": size / _size(model_dir),
                   "candidate_p95_ms": latency["candidate"]["p95_ms"],
                   "fidelity": fid.get("mean_cosine", fid.get("top1_agreement", fid.get("tag_agreement")))}

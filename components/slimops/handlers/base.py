@@ -32,6 +32,13 @@ class TextMixin:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), trust_remote_code=False)
             self.tokenizer(["A probe sentence."])  # a tokenizer that loads can still fail on text (an empty vocabulary)
+            if self.info.task == "causal-lm":  # batches are padded on the right; GPT-2 style tokenizers pad with EOS
+                self.tokenizer.padding_side = "right"
+                if self.tokenizer.pad_token is None and self.tokenizer.eos_token is None:
+                    raise BadInput(f"the tokenizer in {self.model_dir} has no pad_token and no eos_token to pad "
+                                   "batches with; set pad_token in its tokenizer_config.json")
+                if self.tokenizer.pad_token is None:
+                    self.tokenizer.pad_token = self.tokenizer.eos_token
         except (KeyboardInterrupt, SystemExit, MemoryError, BadInput):
             raise
         except BaseException as err:  # transformers' errors, and the tokenizers library's Rust panics
@@ -51,8 +58,11 @@ class TextMixin:
             return dict(self.tokenizer([a for a, _ in texts], [b for _, b in texts], padding=True,
                                        truncation="longest_first", max_length=self.info.max_length,
                                        return_tensors="np"))
-        return dict(self.tokenizer(texts, padding=True, truncation=True,
-                                   max_length=self.info.max_length, return_tensors="np"))
+        encoded = dict(self.tokenizer(texts, padding=True, truncation=True,
+                                      max_length=self.info.max_length, return_tensors="np"))
+        if self.info.task == "causal-lm":  # GPT-2 would add token_type_ids through its token embedding
+            encoded.pop("token_type_ids", None)
+        return encoded
 
     def finish(self, output: np.ndarray, attention_mask: np.ndarray, word_index: np.ndarray | None = None) -> np.ndarray:
         if self.info.task == "token-classification" and word_index is not None:  # per-token -> per-word logits

@@ -15,7 +15,8 @@ from slimops.formats import (check_architecture, check_hf_files, check_model_fil
                              check_tokenizer, has_tokenizer_files, load_json_file, parse_packed)
 from slimops.manifest import read_manifest, within
 
-Task = Literal["sentence-embedding", "text-classification", "tensor-classification", "token-classification"]
+Task = Literal["sentence-embedding", "text-classification", "tensor-classification", "token-classification",
+               "causal-lm"]
 PACKED_FILE = "model.onnx.zst"  # the pack step's output: one ONNX protobuf, zstd-compressed
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -46,10 +47,11 @@ TASKS: dict[str, str | None] = {
     "token-classification": "token-classification",  # NER: word tags, scored with seqeval entity F1
     "question-answering": None,
     "image-classification": "tensor-classification",  # through a PyTorch factory (architecture.json) or its ONNX
-    "text-generation": None,
+    "text-generation": "causal-lm",  # perplexity on plain text (slimops.tasks.causal_lm)
     "fill-mask": None,
 }
-SUPPORTED_TASKS = ("feature-extraction", "text-classification", "token-classification", "image-classification")
+SUPPORTED_TASKS = ("feature-extraction", "text-classification", "token-classification", "image-classification",
+                   "text-generation")
 # config.json architectures suffix -> optimum task.
 HEADS = (("ForSequenceClassification", "text-classification"), ("ForTokenClassification", "token-classification"),
          ("ForQuestionAnswering", "question-answering"), ("ForImageClassification", "image-classification"),
@@ -243,6 +245,10 @@ def _describe_hf(model_dir: Path, names: set[str], task: str | None = None) -> M
     if kind in ("text-classification", "token-classification"):
         return ModelInfo(format="hf", task=kind, file="model.safetensors",
                          num_labels=len(config.get("id2label", {})) or None, normalize=False)
+    if kind == "causal-lm":  # texts are cut to the positions the model has (GPT-2: n_positions)
+        positions = config.get("n_positions", config.get("max_position_embeddings"))
+        length = min(128, positions) if isinstance(positions, int) and positions >= 8 else 128
+        return ModelInfo(format="hf", task="causal-lm", file="model.safetensors", max_length=length, normalize=False)
     pooling, normalize = "mean", True
     pooling_config = model_dir / "1_Pooling" / "config.json"
     if pooling_config.is_file():
@@ -308,14 +314,32 @@ def _describe_packed(model_dir: Path) -> ModelInfo:
     return info
 
 
+def _config_says_causal_lm(model_dir: Path) -> bool:
+    """config.json beside an exported graph (optimum copies it) names a causal LM head."""
+    path = Path(model_dir) / "config.json"
+    config = _read_json(path) if path.is_file() else {}
+    architectures = config.get("architectures") if isinstance(config, dict) else None
+    return any(isinstance(a, str) and a.endswith(suffix) for a in (architectures or [])
+               for suffix, task in HEADS if task == "text-generation")
+
+
+def _logits_rank(graph) -> int | None:
+    """The declared rank of a graph's ``logits`` output (3 for a token classifier), None when it has none."""
+    logits = next((o for o in graph.output if o.name == "logits"), None)
+    if logits is None or not logits.type.tensor_type.HasField("shape"):
+        return None
+    return len(logits.type.tensor_type.shape.dim)
+
+
 def _info_from_graph(model_dir: Path, file: str, graph, fmt: str) -> ModelInfo:
     if not graph.node or not graph.output:
         raise BadInput(f"{model_dir / file} holds no ONNX graph (empty or truncated file); re-export the model")
     outputs = [o.name for o in graph.output]
     if has_tokenizer(model_dir):
         task = "text-classification" if "logits" in outputs else "sentence-embedding"
-        logits = next((o for o in graph.output if o.name == "logits"), None)
-        if logits is not None and logits.type.tensor_type.HasField("shape") and len(logits.type.tensor_type.shape.dim) == 3:
+        if "logits" in outputs and _config_says_causal_lm(model_dir):  # an LM's logits: one row per position
+            task = "causal-lm"
+        elif _logits_rank(graph) == 3:
             task = "token-classification"  # logits per token: [batch, tokens, labels]
         return ModelInfo(format=fmt, task=task, file=file, normalize=task == "sentence-embedding")
     # A tensor classifier: one float input [batch, example dims...] and logits [batch, classes] first.

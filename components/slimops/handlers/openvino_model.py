@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from slimops.handlers.base import Runnable, TextMixin
+from slimops.tasks import causal_lm
 
 
 def compile_properties(precision: str, threads: int | None = None) -> dict:
@@ -48,6 +49,10 @@ class OpenVinoModel(TextMixin, Runnable):
         if self.info.task == "tensor-classification":
             return np.asarray(self.compiled([np.asarray(batch, dtype=np.float32)])[0], dtype=np.float32)
         encoded = self.tokenize(batch)
+        if self.info.task == "causal-lm" and "position_ids" in self.input_names:
+            encoded["position_ids"] = causal_lm.position_ids(encoded["attention_mask"])
         feeds = {name: encoded[name].astype(np.int64) for name in self.input_names}
         output = np.asarray(self.compiled(feeds)[0], dtype=np.float32)
+        if self.info.task == "causal-lm":
+            return causal_lm.rows(output, encoded["input_ids"], encoded["attention_mask"], self.info.max_length)
         return self.finish(output, encoded["attention_mask"], encoded.get("word_index"))

@@ -14,18 +14,21 @@ import numpy as np
 from slimops.errors import BadInput
 from slimops.handlers.base import Runnable, TextMixin
 from slimops.handlers.info import ModelInfo, describe, read_packed
+from slimops.tasks import causal_lm
 
 
 class HFModel(TextMixin, Runnable):
     def __init__(self, model_dir, info, threads=None):
         super().__init__(model_dir, info)
         import torch
-        from transformers import AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
+        from transformers import (AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
+                                  AutoModelForTokenClassification)
 
         if threads:
             torch.set_num_threads(threads)
         cls = {"text-classification": AutoModelForSequenceClassification,
-               "token-classification": AutoModelForTokenClassification}.get(info.task, AutoModel)
+               "token-classification": AutoModelForTokenClassification,
+               "causal-lm": AutoModelForCausalLM}.get(info.task, AutoModel)
         try:
             self.model = cls.from_pretrained(str(model_dir), use_safetensors=True, trust_remote_code=False).eval()
         except (ValueError, KeyError, TypeError, OSError, RuntimeError, AttributeError) as err:
@@ -39,6 +42,9 @@ class HFModel(TextMixin, Runnable):
         encoded = self.tokenize(batch)
         with torch.inference_mode():
             out = self.model(**{k: torch.from_numpy(v) for k, v in encoded.items() if k != "word_index"})
+        if self.info.task == "causal-lm":
+            return causal_lm.rows(out.logits.float().numpy(), encoded["input_ids"], encoded["attention_mask"],
+                                  self.info.max_length)
         first = out.last_hidden_state if self.info.task == "sentence-embedding" else out.logits
         return self.finish(first.float().numpy(), encoded["attention_mask"], encoded.get("word_index"))
 
@@ -138,12 +144,16 @@ class OnnxModel(TextMixin, Runnable):
                 x = x.astype(np.float16)
             return self.session.run(None, {self.input_names[0]: x})[0].astype(np.float32)
         encoded = self.tokenize(batch)
+        if self.info.task == "causal-lm" and "position_ids" in self.input_names:
+            encoded["position_ids"] = causal_lm.position_ids(encoded["attention_mask"])
         feeds = {name: encoded[name].astype(np.int64) for name in self.input_names if name in encoded}
         missing = set(self.input_names) - set(feeds)
         if missing:
             raise BadInput(f"{self.model_dir / self.info.file} expects inputs {sorted(missing)} "
                            "that its tokenizer does not produce; re-export the model with its tokenizer")
         output = self.session.run(None, feeds)[0].astype(np.float32)
+        if self.info.task == "causal-lm":
+            return causal_lm.rows(output, encoded["input_ids"], encoded["attention_mask"], self.info.max_length)
         return self.finish(output, encoded["attention_mask"], encoded.get("word_index"))
 
 

@@ -29,7 +29,7 @@ def count_quantized(path: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
     for node in graph.node:
         if any(tag in node.op_type for tag in ("Integer", "QLinear", "QuantizeLinear", "NBits", "QAttention",
-                                                 "DynamicQuantize", "QGemm", "QEmbed", "QGather")):
+                                                 "DynamicQuantize", "QGemm", "QEmbed", "QGather", "BlockQuantized")):
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
 
@@ -106,11 +106,28 @@ def _int4(source, target, config, exclude, model_dir, calibration):
     if not include:
         raise BadInput(f"no MatMul or Gemm with at least {config.int4_min_weights} weights to quantize to int4; "
                        "lower 'int4_min_weights'")
+    # Embedding tables (Gather on a constant, e.g. a causal LM's token embeddings) in int4 blocks along the hidden
+    # axis (GatherBlockQuantized), when asked: for a small LM they are a large part of what is left in float.
+    ops = ("MatMul", "Gather") if config.int4_embeddings else ("MatMul",)
+    if config.int4_embeddings:
+        include += [name for name in _large_gathers(model, config.int4_min_weights) if name not in exclude]
+    axes = (("MatMul", 0), ("Gather", 1))
     # accuracy_level 4 computes with int8 activations: the VNNI path on x86 CPUs.
-    algo = DefaultWeightOnlyQuantConfig(block_size=config.block_size, is_symmetric=True, accuracy_level=4)
+    algo = DefaultWeightOnlyQuantConfig(block_size=config.block_size, is_symmetric=True, accuracy_level=4,
+                                        op_types_to_quantize=ops, quant_axes=axes)
+    # The quantizer takes every node of its op types, whatever nodes_to_include says: the rest (small, or kept
+    # float by name) must be named in nodes_to_exclude to stay float.
+    keep = [node.name for node in model.graph.node if node.op_type in ops and node.name not in include]
     quantizer = MatMulNBitsQuantizer(model, block_size=config.block_size, is_symmetric=True, accuracy_level=4,
-                                     nodes_to_include=include, algo_config=algo)
-    quantizer.process()
+                                     nodes_to_include=include, nodes_to_exclude=keep, algo_config=algo,
+                                     op_types_to_quantize=ops, quant_axes=axes)
+    nbits_logger = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level = nbits_logger.level
+    nbits_logger.setLevel(logging.WARNING)  # it logs every node it visits at INFO through its own handler
+    try:
+        quantizer.process()
+    finally:
+        nbits_logger.setLevel(level)
     quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
 
 
@@ -118,6 +135,13 @@ def _large_matmuls(model, min_weights: int) -> list[str]:
     weights = {init.name: int(np.prod(init.dims)) for init in model.graph.initializer}
     return [node.name for node in model.graph.node
             if node.op_type == "MatMul" and len(node.input) > 1 and weights.get(node.input[1], 0) >= min_weights]
+
+
+def _large_gathers(model, min_weights: int) -> list[str]:
+    """Gathers from a constant table of at least ``min_weights`` values (embedding lookups)."""
+    weights = {init.name: int(np.prod(init.dims)) for init in model.graph.initializer}
+    return [node.name for node in model.graph.node
+            if node.op_type == "Gather" and weights.get(node.input[0], 0) >= min_weights]
 
 
 def _fp16(source, target, config, exclude, model_dir, calibration):

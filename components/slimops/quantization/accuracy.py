@@ -16,7 +16,7 @@ import numpy as np
 
 from slimops import progress
 from slimops.data import label2id_of, load_dataset
-from slimops.evaluate import check_inputs, metric_name, predict_all, task_metrics
+from slimops.evaluate import check_inputs, metric_drop, metric_name, predict_all, task_metrics
 from slimops.handlers.info import TOKENIZER_FILES
 from slimops.handlers.runtime import OnnxModel
 from slimops.quantization import quantize_model
@@ -54,12 +54,12 @@ def accuracy_aware(source: Path, target: Path, config, calibration, model_dir: P
         history = [{"float_nodes": 0, "metric": current}]
         float_nodes: list[str] = []
         ranking: list[tuple[str, float]] = []
-        if baseline - current > target_cfg.max_metric_drop:
+        if metric_drop(name, baseline, current) > target_cfg.max_metric_drop:  # perplexity: its increase
             ranking = _rank_nodes(source, base_exclude, data.inputs[: target_cfg.sensitivity_samples],
                                   run_model, quantize, info.task)
             limit = min(target_cfg.max_float_nodes, len(ranking))
             k = 1
-            while baseline - current > target_cfg.max_metric_drop and k <= limit:
+            while metric_drop(name, baseline, current) > target_cfg.max_metric_drop and k <= limit:
                 float_nodes = [node for node, _ in ranking[:k]]
                 current = metric_of(quantize(base_exclude + float_nodes))
                 history.append({"float_nodes": k, "metric": current})
@@ -74,7 +74,7 @@ def accuracy_aware(source: Path, target: Path, config, calibration, model_dir: P
                 "float_metric": baseline,
                 "quantized_metric": current,
                 "max_metric_drop": target_cfg.max_metric_drop,
-                "target_met": baseline - current <= target_cfg.max_metric_drop,
+                "target_met": metric_drop(name, baseline, current) <= target_cfg.max_metric_drop,
                 "float_nodes": float_nodes,
                 "sensitivity": [{"node": n, "score": s} for n, s in ranking[:32]],
                 "search": history,
@@ -107,6 +107,9 @@ def _weighted_nodes(source: Path, exclude: list[str]) -> list[str]:
 
 
 def _error(reference: np.ndarray, candidate: np.ndarray, task: str) -> float:
+    if task == "causal-lm":  # rows [NLL sum, predicted tokens, ...]: the mean change of NLL per token, per text
+        tokens = np.clip(reference[:, 1], 1, None)
+        return float((np.abs(reference[:, 0] - candidate[:, 0]) / tokens).mean())
     if task == "sentence-embedding":
         cos = (reference * candidate).sum(1) / (
             np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1) + 1e-12)

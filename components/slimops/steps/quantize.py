@@ -33,6 +33,8 @@ class QuantizeConfig(StepConfig):
     activation_type: Literal["uint8", "int8"] = Field("uint8", description="static: activation type (uint8 x int8 is the VNNI fast path)")
     block_size: int = Field(32, ge=16, description="int4: weights per quantization block (power of two)")
     int4_min_weights: int = Field(65536, ge=1, description="int4: only MatMuls with at least this many weights")
+    int4_embeddings: bool = Field(False, description="int4: also embedding tables (Gather) with at least "
+                                  "int4_min_weights values, e.g. a causal LM's token embeddings")
     accuracy: AccuracyTarget | None = Field(None, description="accuracy-aware: keep sensitive nodes float until the metric holds")
 
     @model_validator(mode="after")

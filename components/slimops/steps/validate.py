@@ -9,8 +9,8 @@ from pydantic import Field
 from slimops import memprobe, progress
 from slimops.champion import ChampionRef, resolve_baseline
 from slimops.data import DataSpec, label2id_of, load_dataset
-from slimops.evaluate import (alternate_latency, batches, check_inputs, drop_interval, fidelity, metric_name,
-                              predict_all, sample_size_warnings, task_metrics)
+from slimops.evaluate import (LOWER_IS_BETTER, alternate_latency, batches, check_inputs, drop_interval, fidelity,
+                              metric_drop, metric_name, predict_all, sample_size_warnings, task_metrics)
 from slimops.gate import SPEED_CONFIDENCE, GatePolicy, check, reasons, sign, verdict
 from slimops.timing import measure_speed
 from slimops.handlers import describe, load
@@ -88,11 +88,13 @@ class Validate(Step):
                             "is rough (one pair gives none); use rounds of at least 10")
         metrics = {
             "metric": name,
+            # metric_drop is how much worse the candidate is: for perplexity (lower is better) its increase
+            "metric_direction": "lower_is_better" if name in LOWER_IS_BETTER else "higher_is_better",
             "baseline_metric": base,
             "candidate_metric": cand,
-            "metric_drop": base - cand,
+            "metric_drop": metric_drop(name, base, cand),
             "metric_drop_ci": [drop["low"], drop["high"]],
-            "relative_metric_drop": (base - cand) / abs(base) if base else 0.0,
+            "relative_metric_drop": metric_drop(name, base, cand) / abs(base) if base else 0.0,
             "relative_metric_drop_ci": ([drop["low"] / abs(base), drop["high"] / abs(base)] if base
                                         else [0.0, 0.0]),
             **{f"baseline_{k}": v for k, v in scores["baseline"].items() if k != name},
