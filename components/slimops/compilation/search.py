@@ -6,8 +6,9 @@ Candidates (each only where it makes sense, and only in the formats the serving 
 - ``ort-fp32``: ONNX Runtime with the transformer fusions;
 - ``ort-int8-dynamic``: dynamic INT8 on the fused graph (7-bit weights where the CPU lacks VNNI);
 - ``ort-int8-static``: static INT8 with the int8 attention path: on the fused graph, the Attention ops become
-  ``QAttention`` (ORT quantizes Attention only in its integer-op mode) and the other MatMuls static QDQ INT8,
-  calibrated; a graph without fused attention gets static QDQ everywhere;
+  ``QAttention`` and the embeddings ``QEmbedLayerNormalization`` (ORT quantizes those fused ops only in its
+  integer-op mode) and the other MatMuls static QDQ INT8, calibrated; a graph without fused attention gets static
+  QDQ everywhere;
 - ``openvino-fp32`` and ``openvino-bf16`` (bf16 only on a CPU with AVX512-BF16 or AMX);
 - ``openvino-int8``: ``nncf.quantize`` (transformer preset for text encoders), and when it fails the accuracy
   rules, ``openvino-int8-accuracy``: ``nncf.quantize_with_accuracy_control`` against the same rules;
@@ -231,11 +232,12 @@ def _ort_int8(static: bool, source: Path, fused: Path, target: Path, model_dir: 
 
     if src == fused and any(n.op_type == "Attention" for n in onnx.load(str(src), load_external_data=False).graph.node):
         staged = target.with_name("qattention.onnx")
-        quantize_model(src, staged, config("dynamic", ["Attention"]), [], model_dir)
+        # The embeddings go int8 in the same pass (QEmbedLayerNormalization), as in the dynamic candidate.
+        quantize_model(src, staged, config("dynamic", ["Attention", "EmbedLayerNormalization"]), [], model_dir)
         quantize_model(staged, target, config("static", ["MatMul"]), [], model_dir, settings.calibration)
         staged.unlink()
         return {"reduce_range": reduce_range, "graph": "fused", "attention": "QAttention (int8)",
-                "matmuls": "static QDQ int8"}
+                "embeddings": "QEmbedLayerNormalization (int8)", "matmuls": "static QDQ int8"}
     # No fused attention to quantize: static QDQ everywhere, activation x activation MatMuls included.
     quantize_model(source, target, config("static", ["Conv", "Gemm", "MatMul"], const_b_only=False), [], model_dir,
                    settings.calibration)
