@@ -78,7 +78,7 @@ def auto_config() -> dict:
     """The compile step of examples/minilm-sts.yaml, data paths resolved as `slimops run` resolves them."""
     from slimops.recipe import load_recipe
 
-    recipe = load_recipe(ROOT / "examples" / "minilm-auto.yaml")
+    recipe = load_recipe(ROOT / "examples" / "minilm-sts.yaml")
     return next(step.config for step in recipe.steps if step.step == "compile")
 
 

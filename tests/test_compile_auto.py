@@ -170,3 +170,14 @@ def test_the_readme_auto_example_runs_as_copied(tmp_path):
     found = compiled["details"]["auto"]
     assert found["chosen"] and sum(r["status"] == "measured" for r in found["candidates"]) >= 3
     assert "compile auto (compile)" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_latency_objective_keeps_the_lowest_batch1_p50(digits_onnx, tmp_path):
+    """objective: latency (an endpoint answering one request at a time) keeps the passing candidate with the
+    lowest batch-1 p50, whatever its batch throughput."""
+    manifest = auto(digits_onnx, tmp_path / "latency", search={"objective": "latency"})
+    found = manifest["details"]["auto"]
+    assert found["objective"] == "latency"
+    passing = [r for r in found["candidates"] if r["status"] == "measured" and r["accuracy_ok"]]
+    kept = next(r for r in found["candidates"] if r["chosen"])
+    assert kept["p50_ms"] == min(r["p50_ms"] for r in passing)

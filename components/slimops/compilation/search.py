@@ -1,6 +1,7 @@
 """``compile target: auto``: build the backends and precisions that make sense on the serving CPU, measure each
 with validate's harness (``evaluate`` for the metric and fidelity, ``timing`` for the alternating throughput
-rounds, batch-1 latency blocks), and keep the fastest one that passes the gate's accuracy rules.
+rounds, batch-1 latency blocks), and keep the fastest one that passes the gate's accuracy rules (fastest at batch
+throughput by default; ``objective: latency``: the lowest batch-1 p50).
 
 Candidates (each only where it makes sense, and only in the formats the serving side takes):
 - ``ort-fp32``: ONNX Runtime with the transformer fusions;
@@ -52,6 +53,7 @@ class Settings:
     rounds: int = 6
     latency_runs: int = 30
     calibration_samples: int = 300
+    objective: str = "throughput"  # or "latency": the lowest batch-1 p50 wins
     notes: list[str] = field(default_factory=list)
 
 
@@ -153,7 +155,10 @@ def run_search(model_dir: Path, info: ModelInfo, work: Path, settings: Settings,
         except Exception as err:  # one candidate's tool failing must not lose the others: recorded, not kept
             row.update(status="failed", reason=f"{type(err).__name__}: {' '.join(str(err).split())[:200]}")
     ok = [r for r in rows if r["status"] == "measured" and r["accuracy_ok"]]
-    chosen = max(ok, key=lambda r: r["speedup"])["candidate"] if ok else None
+    if settings.objective == "latency":
+        chosen = min(ok, key=lambda r: r["p50_ms"])["candidate"] if ok else None
+    else:
+        chosen = max(ok, key=lambda r: r["speedup"])["candidate"] if ok else None
     for row in rows:
         row["chosen"] = row["candidate"] == chosen
     _mark_pareto(rows)

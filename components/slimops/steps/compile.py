@@ -26,6 +26,9 @@ class AutoSearch(StepConfig):
         "local", description="where the kept model will be served: formats that target cannot run are left out")
     formats: list[Literal["onnx", "openvino"]] | None = Field(None, description="only these formats (default: all "
                                                               "that serve_on takes)")
+    objective: Literal["throughput", "latency"] = Field(
+        "throughput", description="what 'fastest' means: batch throughput vs the input (the gate's speed rule), or "
+        "batch-1 p50 latency (an endpoint answering one request at a time)")
     batch_size: int = Field(32, ge=1, description="batch size of the metric and throughput runs")
     throughput_samples: int = Field(128, ge=1, description="examples timed per round")
     rounds: int = Field(6, ge=2, le=200, description="alternating timing rounds per candidate (vs the input model)")
@@ -158,7 +161,8 @@ class Compile(Step):
         settings = Settings(data=data, calibration=calibration, policy=policy, formats=formats, excluded_why=why,
                             hardware=target, threads=default_threads(ctx.threads), batch_size=search.batch_size,
                             throughput_samples=search.throughput_samples, rounds=search.rounds,
-                            latency_runs=search.latency_runs, calibration_samples=search.calibration_samples)
+                            latency_runs=search.latency_runs, calibration_samples=search.calibration_samples,
+                            objective=search.objective)
         notes = []
         if target.features - here.features:
             notes.append(f"the serving CPU ({target.name}) has {', '.join(sorted(target.features - here.features))}, "
@@ -179,6 +183,7 @@ class Compile(Step):
             "precision": kept["precision"]})
         details = {"auto": {"chosen": chosen, "hardware": target.record(), "measured_on": here.record(),
                             "metric": result["metric"], "input_metric": result["baseline_metric"],
+                            "objective": search.objective,
                             "speedup_vs": "the step's input model (ONNX Runtime, as exported)",
                             "candidates": rows, "notes": notes},
                    "precision_ran": kept.get("precision_ran"), **kept.get("build", {})}
