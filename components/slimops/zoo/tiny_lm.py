@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import random
 import sys
 from pathlib import Path
+
+from slimops.zoo.finetune import seed_all, train
 
 SPECIAL = "<|endoftext|>"  # BOS, EOS and padding, as GPT-2 has it
 
@@ -54,14 +55,9 @@ def build(out: Path, sts: Path, steps: int = 300, batch_size: int = 32, lr: floa
           threads: int | None = None) -> dict:
     """Train the tokenizer and the model, save both to ``out`` (a Hugging Face directory); return the record."""
     import numpy as np
-    import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    if threads:
-        torch.set_num_threads(threads)
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    seed_all(seed, threads)
     sentences = sts_sentences(Path(sts))
     if not sentences:
         raise SystemExit(f"no STS-B sentences in {sts}")
@@ -70,25 +66,15 @@ def build(out: Path, sts: Path, steps: int = 300, batch_size: int = 32, lr: floa
                         n_head=max(1, width // 64), n_inner=4 * width, bos_token_id=0, eos_token_id=0,
                         pad_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     model = GPT2LMHeadModel(config)
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) * max(0.05, 1 - step / steps))
     order = np.random.default_rng(seed).permutation(len(sentences))
-    losses = []
-    for step in range(steps):
+
+    def batch_loss(step):
         batch = [sentences[order[(step * batch_size + i) % len(order)]] for i in range(batch_size)]
         encoded = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
-        loss = model(**encoded, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
-        losses.append(float(loss.detach()))
-    model.eval()
+        return model(**encoded, labels=labels).loss
+
+    losses = train(model, steps, lr, batch_loss, warmup=max(1, steps // 20), floor=0.05)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), safe_serialization=True)

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import sys
 from pathlib import Path
 
+from slimops.zoo.finetune import minilm_with_head, save_with_minilm_tokenizer, seed_all, train
+
 LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG")  # "O" is id 0
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 SEEDS = {"train": 0, "dev": 1}
 
 FIRST = ("Anna", "Ben", "Carlos", "Diana", "Ethan", "Fatima", "George", "Hana", "Ivan", "Julia", "Kofi", "Lena",
@@ -111,12 +111,6 @@ def write_jsonl(examples: list[dict], out: Path) -> Path:
     return out
 
 
-def minilm_path() -> Path:
-    from slimops.zoo.pair_classifier import minilm_path as packaged
-
-    return packaged()
-
-
 def build(out: Path, steps: int = 150, batch_size: int = 16, lr: float = 1e-4, seed: int = 0,
           train_count: int = 600, frozen_layers: int = 0, threads: int | None = None) -> dict:
     """Fine-tune and save to ``out`` (a Hugging Face directory); return the training record.
@@ -126,37 +120,16 @@ def build(out: Path, steps: int = 150, batch_size: int = 16, lr: float = 1e-4, s
     layers keep MiniLM's weights (a cheaper build for tests, the same architecture)."""
     import numpy as np
     import torch
-    from transformers import AutoTokenizer, BertForTokenClassification
-    from transformers.utils import logging as hf_logging
+    from transformers import BertForTokenClassification
 
-    if threads:
-        torch.set_num_threads(threads)
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    base = minilm_path()
-    train = generate("train", train_count)
-    label2id = {name: i for i, name in enumerate(LABELS)}
-    tokenizer = AutoTokenizer.from_pretrained(str(base), trust_remote_code=False)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # "some weights were newly initialised": the classifier head, as intended
-    try:
-        model = BertForTokenClassification.from_pretrained(
-            str(base), num_labels=len(LABELS), id2label=dict(enumerate(LABELS)), label2id=label2id,
-            use_safetensors=True, trust_remote_code=False)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    if frozen_layers:
-        for module in (model.bert.embeddings, *model.bert.encoder.layer[:frozen_layers]):
-            module.requires_grad_(False)
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / 10) * max(0.0, 1 - step / steps))
-    order = np.random.default_rng(seed).permutation(len(train))
-    losses = []
-    for step in range(steps):
-        batch = [train[order[(step * batch_size + i) % len(order)]] for i in range(batch_size)]
+    seed_all(seed, threads)
+    train_set = generate("train", train_count)
+    model, tokenizer = minilm_with_head(BertForTokenClassification, LABELS, frozen_layers)
+    label2id = model.config.label2id
+    order = np.random.default_rng(seed).permutation(len(train_set))
+
+    def batch_loss(step):
+        batch = [train_set[order[(step * batch_size + i) % len(order)]] for i in range(batch_size)]
         encoded = tokenizer([e["tokens"] for e in batch], is_split_into_words=True, padding=True, truncation=True,
                             max_length=128, return_tensors="pt")
         labels = torch.full(encoded["input_ids"].shape, -100, dtype=torch.long)
@@ -166,22 +139,12 @@ def build(out: Path, steps: int = 150, batch_size: int = 16, lr: float = 1e-4, s
                 if word is not None and word != previous:
                     labels[row, position] = label2id[example["ner_tags"][word]]
                 previous = word
-        loss = model(**encoded, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
-        losses.append(float(loss.detach()))
-    model.eval()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out), safe_serialization=True)
-    for name in TOKENIZER_FILES:
-        if (base / name).is_file():
-            shutil.copyfile(base / name, out / name)
+        return model(**encoded, labels=labels).loss
+
+    losses = train(model, steps, lr, batch_loss)
+    save_with_minilm_tokenizer(model, out)
     return {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "frozen_layers": frozen_layers,
-            "train_sentences": len(train), "first_loss": losses[0], "last_loss": float(np.mean(losses[-10:]))}
+            "train_sentences": len(train_set), "first_loss": losses[0], "last_loss": float(np.mean(losses[-10:]))}
 
 
 def main(argv: list[str] | None = None) -> int:
