@@ -139,6 +139,12 @@ def fidelity(baseline: np.ndarray, candidate: np.ndarray, task: str, dataset: Da
                           "fidelity")
 
 
+def headline_fidelity(fid: dict[str, float]) -> float | None:
+    """The one fidelity number a gate's min_fidelity compares: mean cosine (embeddings), top-1 agreement %
+    (classifiers, next-token of an LM) or per-word tag agreement % (token classification)."""
+    return next((fid[key] for key in ("mean_cosine", "top1_agreement", "tag_agreement") if key in fid), None)
+
+
 @dataclass
 class Timing:
     seconds: list[float]

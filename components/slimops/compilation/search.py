@@ -29,7 +29,7 @@ import numpy as np
 
 from slimops.compilation import bert_shape, nncf_int8, openvino_ir, ort_optimize, ran_precision_of
 from slimops.data import Dataset
-from slimops.evaluate import batches, fidelity, metric_drop, metric_name, predict_all, task_metrics
+from slimops.evaluate import batches, fidelity, headline_fidelity, metric_drop, metric_name, predict_all, task_metrics
 from slimops.gate import GatePolicy, check
 from slimops.hardware import Hardware
 from slimops.handlers import load
@@ -118,7 +118,7 @@ def run_search(model_dir: Path, info: ModelInfo, work: Path, settings: Settings,
                   "relative_metric_drop": drop / abs(base_metric) if base_metric else 0.0,
                   "speedup": speed["speedup"], "size_ratio": size / _size(model_dir),
                   "candidate_p95_ms": latency["candidate"]["p95_ms"],
-                  "fidelity": fid.get("mean_cosine", fid.get("top1_agreement", fid.get("tag_agreement")))}
+                  "fidelity": headline_fidelity(fid)}
         rules = check(settings.policy.model_copy(update={"min_speedup": None, "max_p95_latency_ms": None}), judged)
         row.update(status="measured", precision_ran=getattr(model, "precision_ran", None) or cand_info.precision,
                    metric=metric, metric_drop=judged["metric_drop"],

@@ -10,7 +10,8 @@ from slimops import memprobe, progress
 from slimops.champion import ChampionRef, resolve_baseline
 from slimops.data import DataSpec, label2id_of, load_dataset
 from slimops.evaluate import (LOWER_IS_BETTER, alternate_latency, batches, check_inputs, drop_interval, fidelity,
-                              metric_drop, metric_name, predict_all, sample_size_warnings, task_metrics)
+                              headline_fidelity, metric_drop, metric_name, predict_all, sample_size_warnings,
+                              task_metrics)
 from slimops.gate import SPEED_CONFIDENCE, GatePolicy, check, reasons, sign, verdict
 from slimops.timing import measure_speed
 from slimops.handlers import describe, load
@@ -100,7 +101,7 @@ class Validate(Step):
             **{f"baseline_{k}": v for k, v in scores["baseline"].items() if k != name},
             **{f"candidate_{k}": v for k, v in scores["candidate"].items() if k != name},
             **fid,
-            "fidelity": fid.get("mean_cosine", fid.get("top1_agreement", fid.get("tag_agreement"))),
+            "fidelity": headline_fidelity(fid),
             **speed,
             "baseline_p50_ms": latency["baseline"]["p50_ms"],
             "baseline_p95_ms": latency["baseline"]["p95_ms"],
