@@ -172,3 +172,70 @@ def test_image_classification_is_the_torch_factory_task(tmp_path, digits_source)
     with pytest.raises(BadInput) as err:
         describe(hf)
     assert "Hugging Face vision model is not supported yet" in one_line(err.value)
+
+
+@pytest.fixture
+def saved_pairs(tmp_path):
+    """Pairs as a team keeps them with Hugging Face datasets: a DatasetDict saved with save_to_disk."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+    features = Features({"sentence1": Value("string"), "sentence2": Value("string"),
+                         "label": ClassLabel(names=["different", "paraphrase"])})
+    rows = Dataset.from_dict({"sentence1": [a for a, _, _ in PAIRS], "sentence2": [b for _, b, _ in PAIRS],
+                              "label": [label for _, _, label in PAIRS]}, features=features)
+    empty = Dataset.from_dict({name: [] for name in features}, features=features)
+    DatasetDict({"train": rows.select([0]), "validation": rows, "test": empty}).save_to_disk(tmp_path / "pairs")
+    rows.save_to_disk(tmp_path / "one")
+    return tmp_path
+
+
+def test_an_hf_dataset_split_reads_by_column_name(saved_pairs):
+    data = load(saved_pairs, "hf-dataset", "pairs", split="validation")
+    assert data.inputs == [(a, b) for a, b, _ in PAIRS]
+    assert data.labels.tolist() == [LABEL2ID[label] for _, _, label in PAIRS]  # ClassLabel ids are the model's ids
+    assert load(saved_pairs, "hf-dataset", "pairs", split="validation", limit=2,
+                columns={"text": "sentence2", "label": "label"}).inputs == [b for _, b, _ in PAIRS[:2]]
+    assert len(load(saved_pairs, "hf-dataset", "one")) == 3  # one Dataset: no split to choose
+
+
+@pytest.mark.parametrize("name, spec, expected", [
+    ("pairs", {}, "holds the splits train, validation, test; choose one with split:"),
+    ("pairs", {"split": "dev"}, "has no split 'dev'; its splits are train, validation, test"),
+    ("pairs", {"split": "test"}, "pairs [test] is an empty split (0 rows)"),
+    ("pairs", {"split": "validation", "columns": {"text": "premise"}},
+     "no column 'premise' (columns.text); the file's columns are 'sentence1', 'sentence2', 'label'"),
+    ("one", {"split": "train"}, "is one Dataset, not a DatasetDict: it has no splits; remove split:"),
+    ("missing", {}, "is not a directory"),
+    (".", {}, "is not a saved Hugging Face dataset (no state.json or dataset_dict.json)"),
+    ("s3://bucket/pairs", {}, "is a URL; slimops reads only a local folder"),
+])
+def test_bad_hf_datasets_say_what_is_wrong_in_one_line(saved_pairs, name, spec, expected):
+    with pytest.raises(BadInput) as err:
+        load_dataset(DataSpec(format="hf-dataset", path=name if "://" in name else str(saved_pairs / name), **spec),
+                     LABEL2ID)
+    assert expected in one_line(err.value)
+
+
+def test_an_hf_dataset_with_a_link_out_or_a_forged_state_is_refused(saved_pairs, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("outside") / "secret.arrow"
+    outside.write_text("not yours")
+    (saved_pairs / "one" / "extra.arrow").symlink_to(outside)
+    with pytest.raises(BadInput) as err:
+        load(saved_pairs, "hf-dataset", "one")
+    assert "links outside the dataset folder" in one_line(err.value)
+    (saved_pairs / "one" / "extra.arrow").unlink()
+    state = json.loads((saved_pairs / "one" / "state.json").read_text())
+    state["_data_files"] = [{"filename": "../../etc/passwd"}]
+    (saved_pairs / "one" / "state.json").write_text(json.dumps(state))
+    with pytest.raises(BadInput) as err:
+        load(saved_pairs, "hf-dataset", "one")
+    assert "names a data file outside its folder" in one_line(err.value)
+
+
+def test_split_is_for_digits_and_hf_datasets_only():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="split is for formats digits and hf-dataset, not csv"):
+        DataSpec(format="csv", path="x.csv", split="train")
+    with pytest.raises(ValidationError, match="digits split 'dev': use train, test or all"):
+        DataSpec(format="digits", split="dev")

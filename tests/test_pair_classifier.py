@@ -34,7 +34,7 @@ def pair_classifier(artifacts, minilm_path) -> Path:
 def readme_recipe() -> str:
     text = (REPO / "README.md").read_text()
     section = text.split("## Bring your own model", 1)[1].split("\n## ", 1)[0]
-    return re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    return re.search(r"```yaml\n(name: pair-classifier\n.*?)```", section, re.S).group(1)
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +159,46 @@ def test_static_int8_calibrates_on_pairs(pair_run, tmp_path):
     base, static = (task_metrics(predict_all(load(d), data.inputs), data)["accuracy"]
                     for d in (home / "run" / "steps" / "export", out))
     assert static >= base - 8, (base, static)  # calibrated INT8 keeps the classifier's answers, roughly
+
+
+def readme_hf_dataset_block() -> dict:
+    """The README's hf-dataset data block, as a user would paste it into a recipe."""
+    import yaml
+
+    text = (REPO / "README.md").read_text().split("## Bring your own model", 1)[1]
+    text = text.split("format: hf-dataset", 1)[1]
+    return yaml.safe_load(re.search(r"```yaml\n(.*?)```", text, re.S).group(1))["data"]["dev"]
+
+
+def test_the_dev_pairs_saved_as_an_hf_dataset_score_as_the_tsv(pair_run, tmp_path, pair_classifier):
+    """The same pairs, as a team keeps them with Hugging Face datasets: a DatasetDict saved with save_to_disk, the
+    labels a ClassLabel column (ids in the model's label order), read with the README's data block. validate reads
+    the split it is told and scores the pairs exactly as it scores the TSV."""
+    import csv
+
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+    with open(PAIRS_DEV, encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))[:40]
+    features = Features({"sentence1": Value("string"), "sentence2": Value("string"),
+                         "label": ClassLabel(names=["different", "paraphrase"])})
+    validation = Dataset.from_dict({key: [row[key] for row in rows] for key in ("sentence1", "sentence2", "label")},
+                                   features=features)
+    block = readme_hf_dataset_block()
+    DatasetDict({"train": validation.select(range(5)), "validation": validation}).save_to_disk(tmp_path / block["path"])
+    settings = [f"data.{key}={tmp_path / value if key == 'path' else value}" for key, value in block.items()
+                if key != "columns"] + [f"data.columns.{role}={name}" for role, name in block["columns"].items()]
+    home, _ = pair_run
+    scores = []
+    for name, data in (("tsv", ["data.format=tsv", f"data.path={PAIRS_DEV}"]), ("hf", settings)):
+        out = tmp_path / name
+        done = run_cli("step", "validate", "--model", home / "run" / "steps" / "quantize", "--baseline",
+                       pair_classifier, "--out", out, *[arg for pair in data for arg in ("--set", pair)], *FAST,
+                       "--set", "gate.min_speedup=null")
+        assert done.returncode in (0, 3), done.stderr[-2000:]
+        report = json.loads((out / "gate_report.json").read_text())
+        scores.append((report["metrics"]["examples"], report["metrics"]["baseline_metric"],
+                       report["metrics"]["candidate_metric"]))
+    assert scores[0] == scores[1] and scores[0][0] == 40
+    manifest = json.loads((tmp_path / "hf" / "manifest.json").read_text())
+    assert manifest["config"]["data"]["split"] == "validation" and len(manifest["data"]["data"]["sha256"]) == 64

@@ -183,10 +183,12 @@ def test_sentence_data_for_a_token_model_exits_2(tmp_path, ner_run, token_classi
     assert "needs token data" in assert_bad_input(done.returncode, done.stderr, out)
 
 
-def test_token_data_in_a_tsv_and_in_parquet(tmp_path, ner_run, token_classifier):
-    """The same sentences as a TSV (words and tags separated by spaces) and as Parquet list columns score alike."""
+def test_token_data_in_a_tsv_parquet_and_an_hf_dataset(tmp_path, ner_run, token_classifier):
+    """The same sentences as a TSV (words and tags separated by spaces), as Parquet list columns and as a Hugging
+    Face dataset saved with save_to_disk (tags a Sequence of ClassLabel ids, as conll2003 keeps them) score alike."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from datasets import ClassLabel, Dataset, Features, Sequence, Value
 
     records = [json.loads(line) for line in NER_DEV.read_text().splitlines()[:40]]
     tsv = tmp_path / "ner.tsv"
@@ -195,15 +197,21 @@ def test_token_data_in_a_tsv_and_in_parquet(tmp_path, ner_run, token_classifier)
     pq.write_table(pa.table({"tokens": [r["tokens"] for r in records],
                              "ner_tags": [[{"O": 0, "B-PER": 1, "I-PER": 2, "B-LOC": 3, "I-LOC": 4, "B-ORG": 5,
                                             "I-ORG": 6}[t] for t in r["ner_tags"]] for r in records]}), parquet)
+    names = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
+    saved = tmp_path / "ner-dataset"
+    Dataset.from_dict({"tokens": [r["tokens"] for r in records], "ner_tags": [r["ner_tags"] for r in records]},
+                      features=Features({"tokens": Sequence(Value("string")),
+                                         "ner_tags": Sequence(ClassLabel(names=names))})).save_to_disk(saved)
     scores = []
     for path, extra in ((tsv, ["--set", "data.columns.tokens=words", "--set", "data.columns.tags=tags"]),
-                        (parquet, [])):  # Parquet: no columns:, the tokens / ner_tags names are recognised
-        (tmp_path / path.suffix[1:]).mkdir()
-        done, out = _validate(ner_run, token_classifier, tmp_path / path.suffix[1:], path, *extra,
-                              "--set", "gate.min_speedup=null")
+                        (parquet, []),  # Parquet: no columns:, the tokens / ner_tags names are recognised
+                        (saved, ["--set", "data.format=hf-dataset"])):
+        where = tmp_path / (path.suffix[1:] or "hf")
+        where.mkdir()
+        done, out = _validate(ner_run, token_classifier, where, path, *extra, "--set", "gate.min_speedup=null")
         assert done.returncode in (0, 3), done.stderr[-2000:]
         scores.append(json.loads((out / "gate_report.json").read_text())["metrics"]["baseline_metric"])
-    assert scores[0] == scores[1]
+    assert scores[0] == scores[1] == scores[2]
 
 
 def test_a_model_whose_labels_are_not_iob_tags_exits_2(tmp_path, token_classifier):

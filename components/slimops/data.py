@@ -11,6 +11,8 @@ Formats:
   detected. String labels map through the model's ``label2id`` (config.json), integer labels are ids.
 - token data (NER): ``columns: {tokens: ..., tags: ...}`` (or, in JSONL/Parquet, a ``tokens`` / ``words`` column): a
   list of words and a list of tags per row (slimops.tasks.token_classification).
+- ``hf-dataset``: a Hugging Face dataset saved with ``save_to_disk`` (a folder), read as a table of named columns
+  (slimops.hf_dataset); ``split:`` picks a DatasetDict's split.
 - ``digits``: scikit-learn's 8x8 digits (ships offline), split by a seeded stratified split.
 - ``npz``: arrays ``x`` and ``y`` (loaded with ``allow_pickle=False``).
 """
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from slimops.errors import BadInput
 from slimops.manifest import sha256_file
@@ -34,9 +36,11 @@ from slimops.manifest import sha256_file
 class DataSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    format: Literal["sts", "text", "text-classification", "digits", "npz", "csv", "tsv", "jsonl", "parquet"]
-    path: str | None = Field(None, description="file to read (not used by 'digits')")
-    split: Literal["train", "test", "all"] = Field("all", description="digits only: which part of the seeded split")
+    format: Literal["sts", "text", "text-classification", "digits", "npz", "csv", "tsv", "jsonl", "parquet",
+                    "hf-dataset"]
+    path: str | None = Field(None, description="file to read (not used by 'digits'); hf-dataset: the save_to_disk folder")
+    split: str | None = Field(None, description="digits: train | test | all (default) of the seeded split; "
+                              "hf-dataset: the DatasetDict split to read (default: its only split)")
     limit: int | None = Field(None, gt=0, description="read at most this many examples")
     text_column: int = Field(0, ge=0, description="text-classification: column of the text")
     label_column: int = Field(1, ge=0, description="text-classification: column of the integer label")
@@ -58,10 +62,22 @@ class DataSpec(BaseModel):
                 raise ValueError("columns needs 'text' (the column of the input text), or 'tokens' for token data")
         return columns
 
+    @model_validator(mode="after")
+    def _split_fits_format(self):
+        if self.split is not None and self.format not in ("digits", "hf-dataset"):
+            raise ValueError(f"split is for formats digits and hf-dataset, not {self.format}; remove it")
+        if self.format == "digits" and self.split not in (None, "train", "test", "all"):
+            raise ValueError(f"digits split {self.split!r}: use train, test or all")
+        return self
+
     def fingerprint(self) -> dict:
-        """What a manifest records: the spec plus the sha256 of the file it read."""
+        """What a manifest records: the spec plus the sha256 of the file (or hf-dataset folder) it read."""
         info = self.model_dump(exclude_none=True)
-        if self.path:
+        if self.format == "hf-dataset" and self.path:
+            from slimops import hf_dataset
+
+            info["sha256"] = hf_dataset.fingerprint(self.path)
+        elif self.path:
             if not Path(self.path).is_file():
                 raise BadInput(f"data file not found: {self.path}; check the 'path' of the dataset")
             info["sha256"] = sha256_file(Path(self.path))
@@ -112,11 +128,15 @@ def load_dataset(spec: DataSpec, label2id: dict[str, int] | None = None) -> Data
         if not spec.path:
             raise BadInput(f"data format '{spec.format}' needs a path; set 'path' to the file to read")
         path = Path(spec.path)
-        if not path.is_file():
+        if spec.format == "hf-dataset":
+            from slimops import hf_dataset
+
+            hf_dataset.check_directory(spec.path)
+        elif not path.is_file():
             raise BadInput(f"data file not found: {path}; check the 'path' of the dataset")
     if spec.format == "text-classification" and (spec.columns or _has_header_words(Path(spec.path))):
         reader = _read_table  # named columns: read as csv / tsv by the file's suffix
-    if spec.format in ("csv", "tsv", "jsonl", "parquet"):
+    if spec.format in ("csv", "tsv", "jsonl", "parquet", "hf-dataset"):
         from slimops.tasks import token_classification
 
         if token_classification.is_token_data(spec, Path(spec.path)):
@@ -288,13 +308,7 @@ def _read_text_classification(spec: DataSpec) -> Dataset:
 def _read_table(spec: DataSpec) -> Dataset:
     """csv / tsv / jsonl / parquet (or text-classification with columns): named columns mapped to roles."""
     path = Path(spec.path)
-    fmt = spec.format if spec.format != "text-classification" else ("tsv" if path.suffix == ".tsv" else "csv")
-    if fmt in ("csv", "tsv"):
-        names, rows, first_line = _delimited_table(path, spec, "\t" if fmt == "tsv" else ",")
-    elif fmt == "jsonl":
-        names, rows, first_line = _jsonl_table(path)
-    else:
-        names, rows, first_line = _parquet_table(path)
+    names, rows, first_line, place = named_table(spec)
     roles = _map_columns(spec, names, path, rows)
     texts, labels, where = [], [], []
     for offset, row in enumerate(rows):
@@ -305,11 +319,11 @@ def _read_table(spec: DataSpec) -> Dataset:
         def cell(role):
             index = roles[role]
             if index >= len(row):
-                raise BadInput(f"{path}:{line}: has {len(row)} column(s), no column {_column_label(names, index)} "
+                raise BadInput(f"{place(line)}: has {len(row)} column(s), no column {_column_label(names, index)} "
                                f"for {role}; fix the row or the columns: mapping")
             value = row[index]
             if value is None:
-                raise BadInput(f"{path}:{line}: column {_column_label(names, index)} ({role}) is empty; fill it or "
+                raise BadInput(f"{place(line)}: column {_column_label(names, index)} ({role}) is empty; fill it or "
                                "drop the row")
             return value if isinstance(value, str) else str(value)
 
@@ -317,7 +331,7 @@ def _read_table(spec: DataSpec) -> Dataset:
         texts.append((text, cell("text_pair")) if "text_pair" in roles else text)
         if "label" in roles:
             labels.append(cell("label"))
-            where.append(f"{path}:{line}" if fmt != "parquet" else f"{path} row {line}")
+            where.append(place(line))
     if not texts:
         raise BadInput(f"data file {path} holds no examples (a header row at most); give a file with data")
     if "label" not in roles:
@@ -408,6 +422,26 @@ def _jsonl_table(path: Path, lists: bool = False):
     return names, rows, 1
 
 
+def named_table(spec: DataSpec, lists: bool = False):
+    """A table format's (column names or None, data rows, number of the first data row, place(number) -> how a
+    message names that row: "file:line" or "file row N"). ``lists``: cells may hold lists (token data)."""
+    path = Path(spec.path)
+    fmt = spec.format if spec.format != "text-classification" else ("tsv" if path.suffix == ".tsv" else "csv")
+    if fmt in ("csv", "tsv"):
+        return (*_delimited_table(path, spec, "\t" if fmt == "tsv" else ","), lambda line: f"{path}:{line}")
+    if fmt == "jsonl":
+        return (*_jsonl_table(path, lists), lambda line: f"{path}:{line}")
+    if fmt == "parquet":
+        return (*_parquet_table(path, lists), lambda row: f"{path} row {row}")
+    if fmt == "hf-dataset":
+        from slimops import hf_dataset
+
+        table, shown = hf_dataset.read_table(spec)
+        return (*_arrow_rows(table, lists), lambda row: f"{shown} row {row}")
+    raise BadInput(f"data format '{spec.format}' is not a table of named columns; use csv, tsv, jsonl, parquet or "
+                   "hf-dataset")
+
+
 def _parquet_table(path: Path, lists: bool = False):
     try:
         import pyarrow.parquet as pq
@@ -418,6 +452,11 @@ def _parquet_table(path: Path, lists: bool = False):
     except Exception as err:  # noqa: BLE001 - pyarrow's ArrowInvalid / OSError: the file is not Parquet
         raise BadInput(f"{path} is not a readable Parquet file ({type(err).__name__}: "
                        f"{_quoted(' '.join(str(err).split()))}); write it with pyarrow or pandas") from None
+    return _arrow_rows(table, lists)
+
+
+def _arrow_rows(table, lists: bool = False):
+    """(column names, rows, 0) of an Arrow table (Parquet, a saved HF dataset); nested cells become None."""
     names = list(table.column_names)
     columns = [table.column(name).to_pylist() for name in names]
     for name, values in zip(names, columns):
@@ -478,7 +517,7 @@ def _read_digits(spec: DataSpec) -> Dataset:
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)[:, None, :, :]  # N x 1 x 8 x 8 in [0, 1]
     y = digits.target.astype(np.int64)
-    if spec.split != "all":
+    if spec.split not in (None, "all"):
         x_train, x_test, y_train, y_test = train_test_split(
             x, y, test_size=DIGITS_TEST_FRACTION, random_state=DIGITS_SEED, stratify=y
         )
@@ -561,4 +600,5 @@ _READERS = {
     "tsv": _read_table,
     "jsonl": _read_table,
     "parquet": _read_table,
+    "hf-dataset": _read_table,
 }

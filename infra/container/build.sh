@@ -31,8 +31,9 @@ CONSTRAINTS=${SLIMOPS_CONSTRAINTS:-$REPO/infra/constraints.txt}
 # Extras baked into the image: kfp so KFP's Python components run on it (install_kfp_package=False), registry
 # (mlflow) so register/promote run inside a task, serve (starlette, uvicorn) for `slimops serve` on the hosting
 # platforms, gcs (google-cloud-storage) so `slimops serve` under Vertex AI downloads its gs:// model, openvino (+ nncf)
-# so `slimops serve` runs the OpenVINO IR that compile target auto may keep. Empty for the core alone.
-IMAGE_EXTRAS=${SLIMOPS_IMAGE_EXTRAS-kfp,registry,serve,gcs,openvino}
+# so `slimops serve` runs the OpenVINO IR that compile target auto may keep, datasets so a step in a pipeline
+# reads `format: hf-dataset` data. Empty for the core alone.
+IMAGE_EXTRAS=${SLIMOPS_IMAGE_EXTRAS-kfp,registry,serve,gcs,openvino,datasets}
 
 BASE_TAR=$BUILD_DIR/base/bookworm-minbase.tar
 WHEELHOUSE=$BUILD_DIR/wheelhouse

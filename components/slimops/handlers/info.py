@@ -143,31 +143,32 @@ def _describe(model_dir: Path, names: set[str], task: str | None = None) -> Mode
 MAX_ENTRIES = 10_000  # files and folders in one model directory
 
 
-def check_tree(root: Path) -> None:
-    """Refuse what a model directory must never hold: links that lead outside it, links to directories, and
-    anything but regular files and folders (a FIFO named model.onnx would hang every reader). Nothing here
+def check_tree(root: Path, kind: str = "model directory") -> None:
+    """Refuse what a model directory (or a saved dataset's folder: ``kind``) must never hold: links that lead outside
+    it, links to directories, and anything but regular files and folders (a FIFO named model.onnx would hang every
+    reader). Nothing here
     follows a link, so a file outside the directory is never read, hashed or carried into an output."""
     real = os.path.realpath(root)
     count = 0
     for dirpath, dirnames, filenames in os.walk(root):
         if dirpath.count(os.sep) - str(root).count(os.sep) > 32:
-            raise BadInput(f"{root} nests folders more than 32 deep; give a directory with the model alone")  # os.walk does not descend into linked folders
+            raise BadInput(f"{root} nests folders more than 32 deep; give a {kind} with its own files alone")  # os.walk does not descend into linked folders
         for name in dirnames + filenames:
             count += 1
             if count > MAX_ENTRIES:
-                raise BadInput(f"{root} holds more than {MAX_ENTRIES} files; give a directory with the model alone")
+                raise BadInput(f"{root} holds more than {MAX_ENTRIES} files; give a {kind} with its own files alone")
             path = os.path.join(dirpath, name)
             mode = os.lstat(path).st_mode
             if stat.S_ISLNK(mode):
                 target = os.path.realpath(path)
                 if target == real or not within(target, real):
-                    raise BadInput(f"{path} links outside the model directory; copy the file in instead of linking it")
+                    raise BadInput(f"{path} links outside the {kind}; copy the file in instead of linking it")
                 if os.path.isdir(target):
                     raise BadInput(f"{path} links to a directory; copy the files in instead of linking the folder")
                 if not os.path.isfile(target):
                     raise BadInput(f"{path} is a broken link or links to a special file; remove it")
             elif not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-                raise BadInput(f"{path} is not a regular file (a FIFO, socket or device); remove it from the model directory")
+                raise BadInput(f"{path} is not a regular file (a FIFO, socket or device); remove it from the {kind}")
 
 
 def refuse_remote_code(model_dir: Path) -> None:

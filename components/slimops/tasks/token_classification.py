@@ -39,12 +39,19 @@ def is_token_data(spec, path: Path) -> bool:
     whose columns include ``tokens`` / ``words``."""
     if spec.columns:
         return "tokens" in spec.columns
-    if spec.format not in ("jsonl", "parquet"):
+    if spec.format not in ("jsonl", "parquet", "hf-dataset"):
         return False
     return any(name in TOKENS_NAMES for name in (_column_names(spec, path) or []))
 
 
 def _column_names(spec, path: Path) -> list[str] | None:
+    if spec.format == "hf-dataset":
+        from slimops import hf_dataset
+
+        try:
+            return hf_dataset.read_table(spec)[0].column_names
+        except BadInput:  # not a saved dataset: the table reader says so
+            return None
     if spec.format == "parquet":
         try:
             import pyarrow.parquet as pq
@@ -67,18 +74,13 @@ def _column_names(spec, path: Path) -> list[str] | None:
 
 def read_tokens(spec):
     """A token dataset: inputs are word lists, ``tags`` the tags as written (resolved by ``resolve_tags``)."""
-    from slimops.data import Dataset, _delimited_table, _jsonl_table, _map_columns, _parquet_table, _quoted
+    from slimops.data import Dataset, _map_columns, _quoted, named_table
 
     path = Path(spec.path)
-    if spec.format in ("csv", "tsv"):
-        names, rows, first_line = _delimited_table(path, spec, "\t" if spec.format == "tsv" else ",")
-    elif spec.format == "jsonl":
-        names, rows, first_line = _jsonl_table(path, lists=True)
-    elif spec.format == "parquet":
-        names, rows, first_line = _parquet_table(path, lists=True)
-    else:
+    if spec.format not in ("csv", "tsv", "jsonl", "parquet", "hf-dataset"):
         raise BadInput(f"data format '{spec.format}' cannot hold token data (words and tags); use jsonl, parquet, "
-                       "csv or tsv with columns: {tokens: ..., tags: ...}")
+                       "hf-dataset, csv or tsv with columns: {tokens: ..., tags: ...}")
+    names, rows, first_line, place = named_table(spec, lists=True)
     if spec.columns:
         roles = _map_columns(spec, names, path, rows)
     else:
@@ -88,7 +90,7 @@ def read_tokens(spec):
         if spec.limit and len(words_all) >= spec.limit:
             break
         line = first_line + offset
-        where = f"{path}:{line}" if spec.format != "parquet" else f"{path} row {line}"
+        where = place(line)
         words = _sequence(row, roles["tokens"], names, "tokens", where, spec.format)
         if not words:
             raise BadInput(f"{where}: the tokens cell holds no words; drop the row or give its words")
