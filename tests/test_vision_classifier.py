@@ -95,7 +95,8 @@ def test_a_bare_exported_vision_graph_is_a_tensor_classifier(vision_run):
     graph = onnx.load(str(bare / "model.onnx"), load_external_data=False).graph
     assert [i.name for i in graph.input] == ["pixel_values"]
     info = describe(bare)
-    assert (info.format, info.task, info.input_shape, info.num_labels) == ("onnx", "tensor-classification", [1, 8, 8], 10)
+    assert (info.format, info.task, info.input_shape, info.num_labels) == (
+        "onnx", "tensor-classification", [1, 8, 8], 10)
 
 
 def _validate(vision_run, vision_classifier, out: Path, *extra):
@@ -117,7 +118,8 @@ def test_images_of_the_wrong_shape_exit_2(tmp_path, vision_run, vision_classifie
     np.savez(path, x=np.zeros((4, 1, 4, 4), np.float32), y=np.arange(4))
     out = tmp_path / "out"
     done = _validate(vision_run, vision_classifier, out, "--set", "data.format=npz", "--set", f"data.path={path}")
-    assert "examples have shape [1, 4, 4], the model takes [1, 8, 8]" in assert_bad_input(done.returncode, done.stderr, out)
+    line = assert_bad_input(done.returncode, done.stderr, out)
+    assert "examples have shape [1, 4, 4], the model takes [1, 8, 8]" in line
 
 
 @pytest.mark.parametrize("change, expected", [

@@ -1,8 +1,8 @@
 """A small real Hugging Face vision classifier, built offline: a ``ViTForImageClassification`` from a config
-(8x8 one-channel images in 2x2 patches, so 16 patch tokens; 4 layers of width 128, 0.5M parameters), initialised
-from a seed and trained on the digits train split (scikit-learn's 8x8 digits, as slimops' ``digits`` data format
-reads them). The result is a plain Hugging Face directory (config.json with id2label "0".."9", model.safetensors): a vision model slimops has never
-seen, as a team would hand it over.
+(8x8 one-channel images in 2x2 patches, so 16 patch tokens; 4 layers of width 128, 0.53M parameters),
+initialised from a seed and trained on the digits train split (scikit-learn's 8x8 digits, as slimops' ``digits``
+data format reads them). The result is a plain Hugging Face directory (config.json with id2label "0".."9",
+model.safetensors): a vision model slimops has never seen, as a team would hand it over.
 
     python -m slimops.zoo.vision_classifier OUT_DIR [--epochs 20]
 
@@ -61,7 +61,8 @@ def build(out: Path, epochs: int = 20, lr: float = 3e-3, batch_size: int = 64, s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m slimops.zoo.vision_classifier", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m slimops.zoo.vision_classifier",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="directory to write the Hugging Face model to")
     parser.add_argument("--epochs", type=int, default=20, help="passes over the digits train split")
     parser.add_argument("--layers", type=int, default=4, help="transformer layers")
