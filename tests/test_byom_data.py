@@ -150,7 +150,8 @@ def test_a_label_index_reads_integers_as_ids(tmp_path):
 
 def test_image_classification_is_the_torch_factory_task(tmp_path, digits_source):
     """task: image-classification names what a PyTorch factory (architecture.json) model is; a Hugging Face vision
-    model is refused as not supported yet, and an unknown task name says which ones work."""
+    model whose config.json does not say its image shape is refused, and an unknown task name says which ones work
+    (tests/test_vision_classifier.py runs a real vision model)."""
     from slimops.handlers import describe
     from slimops.recipe import load_recipe
 
@@ -171,7 +172,7 @@ def test_image_classification_is_the_torch_factory_task(tmp_path, digits_source)
     save_file({"w": np.zeros(2, dtype=np.float32)}, str(hf / "model.safetensors"))
     with pytest.raises(BadInput) as err:
         describe(hf)
-    assert "Hugging Face vision model is not supported yet" in one_line(err.value)
+    assert "image-classification needs 'num_channels'" in one_line(err.value)
 
 
 @pytest.fixture

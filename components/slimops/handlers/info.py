@@ -46,7 +46,7 @@ TASKS: dict[str, str | None] = {
     "text-classification": "text-classification",
     "token-classification": "token-classification",  # NER: word tags, scored with seqeval entity F1
     "question-answering": None,
-    "image-classification": "tensor-classification",  # through a PyTorch factory (architecture.json) or its ONNX
+    "image-classification": "tensor-classification",  # a PyTorch factory (architecture.json), an HF vision model, ONNX
     "text-generation": "causal-lm",  # perplexity on plain text (slimops.tasks.causal_lm)
     "fill-mask": None,
 }
@@ -240,9 +240,9 @@ def _describe_hf(model_dir: Path, names: set[str], task: str | None = None) -> M
     config = _read_json(model_dir / "config.json")
     name = task or infer_task(model_dir, config, names)
     kind = task_of(name, f"{model_dir}" if task is None else "task")
-    if kind == "tensor-classification":
-        raise BadInput(f"{model_dir}: image-classification from a Hugging Face vision model is not supported yet; give "
-                       "the model as a PyTorch factory (architecture.json + safetensors) or as ONNX")
+    if kind == "tensor-classification":  # a vision model: its pixel_values are the data's tensors, as they are
+        return ModelInfo(format="hf", task=kind, file="model.safetensors", input_shape=vision_shape(model_dir, config),
+                         num_labels=len(config.get("id2label", {})) or None, normalize=False)
     if kind in ("text-classification", "token-classification"):
         return ModelInfo(format="hf", task=kind, file="model.safetensors",
                          num_labels=len(config.get("id2label", {})) or None, normalize=False)
@@ -259,6 +259,29 @@ def _describe_hf(model_dir: Path, names: set[str], task: str | None = None) -> M
         normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
     return ModelInfo(format="hf", task="sentence-embedding", file="model.safetensors",
                      pooling=pooling, normalize=normalize)
+
+
+def vision_shape(model_dir: Path, config: dict) -> list[int]:
+    """One image's shape, [num_channels, height, width], from a vision model's config.json (image_size: a side, or
+    [height, width]); BadInput saying which field to fix when it is missing or not a size."""
+    where = f"{model_dir}/config.json"
+    channels, size = config.get("num_channels"), config.get("image_size")
+    if not (_positive(channels) and channels <= 64):
+        raise BadInput(f"{where}: image-classification needs 'num_channels' (1 to 64, e.g. 3 for RGB), got "
+                       f"{_shown(channels)}; set it to the channels of the model's pixel_values")
+    side = [size, size] if _positive(size) else size
+    if not (isinstance(side, list) and len(side) == 2 and all(_positive(d) and d <= 8192 for d in side)):
+        raise BadInput(f"{where}: image-classification needs 'image_size' (pixels, 1 to 8192, or [height, width]), got "
+                       f"{_shown(size)}; set it to the size of the model's pixel_values")
+    return [channels, *side]
+
+
+def _positive(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _shown(value) -> str:
+    return "nothing" if value is None else repr(value)[:40]
 
 
 def _describe_torch(model_dir: Path) -> ModelInfo:
@@ -361,4 +384,11 @@ def _info_from_graph(model_dir: Path, file: str, graph, fmt: str) -> ModelInfo:
         raise BadInput(f"{model_dir / file}: a tensor classifier takes [batch, ...] and returns [batch, classes] "
                        f"first; this one takes rank {len(tensor.shape.dim)} and returns rank {len(first.shape.dim)}")
     shape = [d.dim_value for d in tensor.shape.dim[1:]] if tensor.HasField("shape") else None
-    return ModelInfo(format=fmt, task="tensor-classification", file=file, input_shape=shape, normalize=False)
+    num_labels = None
+    if _config_head(model_dir) == "image-classification":  # an exported HF vision model (optimum copies config.json)
+        config = _read_json(model_dir / "config.json")
+        image = vision_shape(model_dir, config)  # optimum leaves channels, height and width dynamic: config.json says
+        shape = image if shape is None or len(shape) != 3 else [d or c for d, c in zip(shape, image)]
+        num_labels = len(config.get("id2label") or {}) or None
+    return ModelInfo(format=fmt, task="tensor-classification", file=file, input_shape=shape, num_labels=num_labels,
+                     normalize=False)

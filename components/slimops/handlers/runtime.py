@@ -21,24 +21,30 @@ class HFModel(TextMixin, Runnable):
     def __init__(self, model_dir, info, threads=None):
         super().__init__(model_dir, info)
         import torch
-        from transformers import (AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
-                                  AutoModelForTokenClassification)
+        from transformers import (AutoModel, AutoModelForCausalLM, AutoModelForImageClassification,
+                                  AutoModelForSequenceClassification, AutoModelForTokenClassification)
 
         if threads:
             torch.set_num_threads(threads)
         cls = {"text-classification": AutoModelForSequenceClassification,
                "token-classification": AutoModelForTokenClassification,
+               "tensor-classification": AutoModelForImageClassification,  # a vision model: pixel_values in
                "causal-lm": AutoModelForCausalLM}.get(info.task, AutoModel)
         try:
             self.model = cls.from_pretrained(str(model_dir), use_safetensors=True, trust_remote_code=False).eval()
         except (ValueError, KeyError, TypeError, OSError, RuntimeError, AttributeError) as err:
             raise BadInput(f"transformers cannot load {model_dir} ({library_error(err)}); check config.json and "
                            "the weights, or re-save the model with save_pretrained") from None
-        self._init_tokenizer()
+        if info.task != "tensor-classification":
+            self._init_tokenizer()
 
     def predict(self, batch):
         import torch
 
+        if self.info.task == "tensor-classification":  # the data's tensors are the model's pixel_values, as they are
+            with torch.inference_mode():
+                pixels = torch.as_tensor(np.asarray(batch, dtype=np.float32))
+                return self.model(pixel_values=pixels).logits.float().numpy()
         encoded = self.tokenize(batch)
         with torch.inference_mode():
             out = self.model(**{k: torch.from_numpy(v) for k, v in encoded.items() if k != "word_index"})

@@ -56,6 +56,7 @@ class Export(Step):
 
         # A causal LM: logits for every position, without past key values (slimops scores whole texts).
         task = {"text-classification": "text-classification", "token-classification": "token-classification",
+                "tensor-classification": "image-classification",  # input pixel_values, output logits
                 "causal-lm": "text-generation"}.get(info.task, "feature-extraction")
         # optimum prints its own validation chatter; the parity check below is ours.
         try:
