@@ -144,3 +144,133 @@ def test_image_classification_on_a_text_model_exits_2(tmp_path, minilm_path):
     out = tmp_path / "out"
     done = run_cli("step", "export", "--model", minilm_path, "--out", out, "--set", "task=image-classification")
     assert "image-classification needs 'num_channels'" in assert_bad_input(done.returncode, done.stderr, out)
+
+
+# Image files: the digits test split as PNGs, through the model's own image processor (preprocessor_config.json).
+
+def readme_image_block() -> dict:
+    """The README's imagefolder data block, as a user would paste it into a recipe."""
+    import yaml
+
+    section = (REPO / "README.md").read_text().split("\n### image-classification", 1)[1].split("\n## ", 1)[0]
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", section, re.S) if "format: imagefolder" in b)
+    return yaml.safe_load(block)["data"]["test"]
+
+
+@pytest.fixture(scope="module")
+def digit_images(tmp_path_factory) -> Path:
+    """The digits test split written as the README says, where its data block's path points."""
+    from slimops.zoo.vision_classifier import write_images
+
+    home = tmp_path_factory.mktemp("vision-images")
+    return write_images(home / readme_image_block()["path"])
+
+
+def test_png_files_become_the_tensors_the_model_was_trained_on(digit_images, vision_classifier, digits_test):
+    from slimops.data import DataSpec, load_for_model
+
+    assert (vision_classifier / "preprocessor_config.json").is_file()
+    data = load_for_model(DataSpec(format="imagefolder", path=str(digit_images)), vision_classifier)
+    assert data.inputs.dtype == np.float32 and data.inputs.shape == digits_test.inputs.shape
+    # write_images names each file by its index in the split: put the images back in that order
+    order = np.argsort([int(p.stem) for p in sorted(digit_images.rglob("*.png"), key=_class_turns(digit_images))])
+    assert (data.labels[order] == digits_test.labels).all()
+    assert np.abs(data.inputs[order] - digits_test.inputs).max() <= 0.5 / 255 + 1e-6  # v/16 up to 8-bit rounding
+
+
+def _class_turns(root: Path):
+    """The order imagefolder reads files in: one of each class in turn (so limit: keeps every class)."""
+    ranks = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        for rank, image in enumerate(sorted(folder.iterdir())):
+            ranks[image] = (rank, folder.name)
+    return ranks.__getitem__
+
+
+def test_class_folders_are_the_models_label_names(tmp_path, vision_classifier):
+    """Folder names map through config.json's label2id: a model whose labels are words reads word folders."""
+    from PIL import Image
+
+    from slimops.data import DataSpec, load_for_model
+
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    model = link_tree(vision_classifier, tmp_path / "model")
+    config = json.loads((model / "config.json").read_text())
+    config.update(id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    (model / "config.json").unlink()  # a hard link to the session's model: replace it, never write through it
+    (model / "config.json").write_text(json.dumps(config))
+    for name in ("seven", "two"):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        Image.new("RGB", (16, 16), (200, 10, 10)).save(tmp_path / "images" / name / "a.jpg")  # RGB, 16x16: -> L, 8x8
+    data = load_for_model(DataSpec(format="imagefolder", path=str(tmp_path / "images"), limit=2), model)
+    assert sorted(data.labels.tolist()) == [2, 7] and data.inputs.shape == (2, 1, 8, 8)
+
+
+def test_the_readme_image_block_scores_as_the_tensors(vision_run, vision_classifier, digit_images):
+    """validate on the PNG files (the README's data block) gives the accuracy of the tensor data, within the
+    8-bit rounding of the files: the same 450 images, the same models."""
+    home, _ = vision_run
+    tensors = json.loads((home / "run" / "steps" / "validate" / "gate_report.json").read_text())["metrics"]
+    block = readme_image_block()
+    out = digit_images.parent / "validate"
+    settings = [f"data.{key}={digit_images if key == 'path' else value}" for key, value in block.items()]
+    done = _validate(vision_run, vision_classifier, out, *[a for s in settings for a in ("--set", s)],
+                     "--set", "gate.min_speedup=null")
+    assert done.returncode in (0, 3), done.stderr[-2000:]
+    images = json.loads((out / "gate_report.json").read_text())["metrics"]
+    assert images["examples"] == tensors["examples"] == 450
+    for key in ("baseline_metric", "candidate_metric"):  # two of 450 answers may flip on the rounding: 0.44 points
+        assert abs(images[key] - tensors[key]) <= 0.45, (key, images[key], tensors[key])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["data"]["format"] == "imagefolder" and len(manifest["data"]["data"]["sha256"]) == 64
+    assert (home / "run" / "steps" / "quantize" / "preprocessor_config.json").is_file()  # carried from the export
+
+
+def _small_folder(root: Path, digit_images: Path, classes=("3", "5")) -> Path:
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        shutil.copyfile(next((digit_images / name).iterdir()), root / name / "a.png")
+    return root
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("corrupt", "is not a readable PNG, JPEG, BMP or WebP file"),
+    ("truncated", "cannot be decoded"),
+    ("unknown-class", "is not among the model's labels ('0', '1', '2'"),
+    ("empty", "holds no class folders"),
+    ("class-without-images", "holds no images"),
+    ("link-out", "links outside the image folder"),
+    ("no-processor", "has none; add it (save the model's image processor with save_pretrained) or give tensors"),
+])
+def test_bad_image_data_exits_2(tmp_path, vision_run, vision_classifier, digit_images, case, expected):
+    folder = tmp_path / "images"
+    baseline = vision_classifier
+    if case == "empty":
+        folder.mkdir()
+    else:
+        _small_folder(folder, digit_images)
+    if case == "corrupt":
+        (folder / "5" / "b.png").write_bytes(b"not an image at all")
+    elif case == "truncated":
+        (folder / "5" / "b.png").write_bytes((folder / "5" / "a.png").read_bytes()[:60])
+    elif case == "unknown-class":
+        _small_folder(folder / "cats", digit_images, ("1",))  # a folder "cats" holding a folder: its images count
+    elif case == "class-without-images":
+        (folder / "7").mkdir()
+        (folder / "7" / "notes.txt").write_text("nothing to see")
+    elif case == "link-out":
+        (tmp_path / "secret.png").write_bytes((folder / "5" / "a.png").read_bytes())
+        (folder / "5" / "b.png").symlink_to(tmp_path / "secret.png")
+    elif case == "no-processor":
+        baseline = link_tree(vision_classifier, tmp_path / "model")
+        (baseline / "preprocessor_config.json").unlink()
+    out = tmp_path / "out"
+    home, _ = vision_run
+    model = home / "run" / "steps" / "quantize"
+    if case == "no-processor":  # neither the candidate nor the baseline carries one
+        model = link_tree(model, tmp_path / "int8")
+        (model / "preprocessor_config.json").unlink()
+    done = run_cli("step", "validate", "--model", model, "--baseline", baseline, "--out", out, *FAST,
+                   "--set", "data.format=imagefolder", "--set", f"data.path={folder}")
+    line = assert_bad_input(done.returncode, done.stderr, out)
+    assert expected in line, line

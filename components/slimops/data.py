@@ -15,6 +15,8 @@ Formats:
   (slimops.hf_dataset); ``split:`` picks a DatasetDict's split.
 - ``digits``: scikit-learn's 8x8 digits (ships offline), split by a seeded stratified split.
 - ``npz``: arrays ``x`` and ``y`` (loaded with ``allow_pickle=False``).
+- ``imagefolder``: a folder of image files, one subfolder per class (the label), turned into pixel_values by the
+  model's own image processor (preprocessor_config.json; slimops.images).
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ class DataSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     format: Literal["sts", "text", "text-classification", "digits", "npz", "csv", "tsv", "jsonl", "parquet",
-                    "hf-dataset"]
-    path: str | None = Field(None, description="file to read (not used by 'digits'); hf-dataset: the save_to_disk folder")
+                    "hf-dataset", "imagefolder"]
+    path: str | None = Field(None, description="file to read (not used by 'digits'); hf-dataset: the save_to_disk folder; "
+                             "imagefolder: the folder of class folders")
     split: str | None = Field(None, description="digits: train | test | all (default) of the seeded split; "
                               "hf-dataset: the DatasetDict split to read (default: its only split)")
     limit: int | None = Field(None, gt=0, description="read at most this many examples")
@@ -77,6 +80,10 @@ class DataSpec(BaseModel):
             from slimops import hf_dataset
 
             info["sha256"] = hf_dataset.fingerprint(self.path)
+        elif self.format == "imagefolder" and self.path:
+            from slimops import images
+
+            info["sha256"] = images.fingerprint(self.path)
         elif self.path:
             if not Path(self.path).is_file():
                 raise BadInput(f"data file not found: {self.path}; check the 'path' of the dataset")
@@ -121,10 +128,23 @@ class Dataset:
         return "unlabeled"
 
 
-def load_dataset(spec: DataSpec, label2id: dict[str, int] | None = None) -> Dataset:
-    """Read ``spec``; string labels are mapped through ``label2id`` (the model's, see ``label2id_of``)."""
-    reader = _READERS[spec.format]
-    if spec.format not in ("digits",):
+def load_for_model(spec: DataSpec, *model_dirs) -> Dataset:
+    """Read ``spec`` for the model in ``model_dirs`` (the first that has what is needed): string labels map through
+    its label2id, image files become pixel_values through its image processor."""
+    return load_dataset(spec, label2id_of(*model_dirs), model_dirs=model_dirs)
+
+
+def load_dataset(spec: DataSpec, label2id: dict[str, int] | None = None, model_dirs: tuple = ()) -> Dataset:
+    """Read ``spec``; string labels are mapped through ``label2id`` (the model's, see ``label2id_of``); image files
+    need the model (``model_dirs``: its image processor, see ``load_for_model``)."""
+    reader = _READERS.get(spec.format)
+    if spec.format == "imagefolder":
+        from slimops import images
+
+        if not spec.path:
+            raise BadInput("data format 'imagefolder' needs a path; set 'path' to the folder of class folders")
+        reader = lambda spec: images.read_imagefolder(spec, model_dirs, label2id)  # noqa: E731
+    elif spec.format not in ("digits",):
         if not spec.path:
             raise BadInput(f"data format '{spec.format}' needs a path; set 'path' to the file to read")
         path = Path(spec.path)

@@ -64,7 +64,8 @@ def check_inputs(info, dataset: Dataset, where: str = "data") -> None:
     tensor_model = info.task == "tensor-classification"
     tensor_data = isinstance(dataset.inputs, np.ndarray)
     if tensor_model and not tensor_data:
-        raise BadInput(f"{where} is text but the model takes tensors {info.input_shape}; use format digits or npz")
+        raise BadInput(f"{where} is text but the model takes tensors {info.input_shape}; use format digits, npz or "
+                       "imagefolder")
     if not tensor_model and tensor_data:
         raise BadInput(f"{where} holds tensors but the model takes text; use format sts, text or text-classification")
     if tensor_model and info.input_shape:

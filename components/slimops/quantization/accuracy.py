@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from slimops import progress
-from slimops.data import label2id_of, load_dataset
+from slimops.data import load_for_model
 from slimops.evaluate import check_inputs, metric_drop, metric_name, predict_all, task_metrics
 from slimops.handlers.info import TOKENIZER_FILES
 from slimops.handlers.runtime import OnnxModel
@@ -30,7 +30,7 @@ def accuracy_aware(source: Path, target: Path, config, calibration, model_dir: P
     """Write ``target`` quantized from ``source`` (the ONNX model of ``model_dir``, described by ``info``) with as
     few nodes in float as ``config.accuracy`` allows; return the search for the manifest."""
     target_cfg = config.accuracy
-    data = load_dataset(target_cfg.data, label2id_of(model_dir))
+    data = load_for_model(target_cfg.data, model_dir)
     name = metric_name(info.task, data)
     check_inputs(info, data, "accuracy data")
     workdir = Path(tempfile.mkdtemp(prefix="slimops-aaq-"))

@@ -136,7 +136,7 @@ class Compile(Step):
     def _auto(self, ctx, info, config: CompileConfig) -> StepResult:
         from slimops import hardware, progress
         from slimops.compilation.search import Settings, copy_model, default_threads, run_search
-        from slimops.data import label2id_of, load_dataset
+        from slimops.data import load_for_model
         from slimops.evaluate import check_inputs
         from slimops.gate import GatePolicy
 
@@ -144,9 +144,9 @@ class Compile(Step):
         here = hardware.detect()
         # resolve() wrote this machine's features into the config when none were given: that is the CPU detected.
         target = here if config.target_hardware == sorted(here.features) else hardware.resolve(config.target_hardware)
-        data = load_dataset(search.data, label2id_of(ctx.model_dir))  # string labels / tags: the model's ids
+        data = load_for_model(search.data, ctx.model_dir)  # labels / tags: the model's ids; images: its processor
         check_inputs(info, data, "compile search data")
-        calibration = load_dataset(search.calibration, label2id_of(ctx.model_dir)) if search.calibration else None
+        calibration = load_for_model(search.calibration, ctx.model_dir) if search.calibration else None
         if calibration is not None:
             check_inputs(info, calibration, "compile search calibration")
         from slimops.deploy import SERVES, SERVES_WHY

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from slimops.data import DataSpec, label2id_of, load_dataset
+from slimops.data import DataSpec, load_for_model
 from slimops.evaluate import check_inputs
 from slimops.quantization import cpu_has_vnni
 from slimops.steps import Step, StepConfig, StepResult
@@ -72,7 +72,7 @@ class Quantize(Step):
         source = ctx.staged_model()  # ONNX Runtime writes <model>-inferred.onnx beside the file it is given
         target = ctx.out_dir / "model.onnx"
         ctx.carry_files()
-        calibration = load_dataset(config.calibration, label2id_of(ctx.model_dir)) if config.calibration else None
+        calibration = load_for_model(config.calibration, ctx.model_dir) if config.calibration else None
         if calibration is not None:
             check_inputs(info, calibration, "calibration data")
         details: dict = {"cpu_vnni": cpu_has_vnni()}

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from slimops import memprobe, progress
 from slimops.champion import ChampionRef, resolve_baseline
-from slimops.data import DataSpec, label2id_of, load_dataset
+from slimops.data import DataSpec, load_for_model
 from slimops.evaluate import (LOWER_IS_BETTER, alternate_latency, batches, check_inputs, drop_interval, fidelity,
                               headline_fidelity, metric_drop, metric_name, predict_all, sample_size_warnings,
                               task_metrics)
@@ -50,7 +50,7 @@ class Validate(Step):
     def run(self, ctx, config: ValidateConfig) -> StepResult:
         baseline = resolve_baseline(ctx, config.champion)  # the champion's verified files, or --baseline
         baseline_dir = baseline.path
-        dataset = load_dataset(config.data, label2id_of(ctx.model_dir, baseline_dir))  # string labels: model's ids
+        dataset = load_for_model(config.data, ctx.model_dir, baseline_dir)  # labels: its ids; images: its processor
         baseline_info, candidate_info = describe(baseline_dir, config.task), ctx.model_info
         name = metric_name(candidate_info.task, dataset)
         metric_name(baseline_info.task, dataset)
