@@ -22,6 +22,7 @@ Formats:
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import zipfile
 from dataclasses import dataclass, field
@@ -143,7 +144,7 @@ def load_dataset(spec: DataSpec, label2id: dict[str, int] | None = None, model_d
 
         if not spec.path:
             raise BadInput("data format 'imagefolder' needs a path; set 'path' to the folder of class folders")
-        reader = lambda spec: images.read_imagefolder(spec, model_dirs, label2id)  # noqa: E731
+        reader = functools.partial(images.read_imagefolder, model_dirs=model_dirs, label2id=label2id)
     elif spec.format not in ("digits",):
         if not spec.path:
             raise BadInput(f"data format '{spec.format}' needs a path; set 'path' to the file to read")

@@ -31,7 +31,8 @@ SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 DECODERS = ["PNG", "JPEG", "BMP", "WEBP"]  # Pillow never picks another plugin (EPS would run Ghostscript)
 MAX_IMAGES = 100_000  # far more than an evaluation or calibration set needs
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
-BATCH = 256  # images per processor call: bounds the decoded pixels held at once
+BATCH = 256  # images per processor call
+BATCH_PIXELS = 64 * 1024 * 1024  # decoded pixels held at once: a batch is processed early when it reaches this
 
 
 def check_folder(path: str | Path) -> Path:
@@ -48,13 +49,14 @@ def check_folder(path: str | Path) -> Path:
 
 def list_images(root: Path) -> list[tuple[Path, str]]:
     """(image file, class name) for every image, sorted by class then name; BadInput on an empty layout."""
-    classes = sorted(p for p in root.iterdir() if p.is_dir())
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))  # .ipynb_checkpoints
     if not classes:
         raise BadInput(f"image folder {root} holds no class folders; put the images in one subfolder per class, "
                        "named by the model's labels")
     found = []
     for folder in classes:
-        images = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+        images = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES
+                        and not any(part.startswith(".") for part in p.relative_to(folder).parts))
         if not images:
             raise BadInput(f"class folder {folder} holds no images ({', '.join(SUFFIXES)}); add images or remove it")
         found.extend((image, folder.name) for image in images)
@@ -103,11 +105,12 @@ def read_imagefolder(spec, model_dirs, label2id: dict[str, int] | None):
                        f"add it (save the model's image processor with save_pretrained) or give tensors (npz/digits)")
     processor = load_processor(source)
     mode = "L" if num_channels(source) == 1 else "RGB"
-    batches = []
-    for start in range(0, len(found), BATCH):
-        chunk = found[start: start + BATCH]
-        arrays = [decode(path, mode) for path, _ in chunk]
-        batches.append(pixel_values(processor, arrays, chunk[0][0].parent.parent, source))
+    batches, arrays = [], []
+    for number, (path, _) in enumerate(found, 1):
+        arrays.append(decode(path, mode))
+        if len(arrays) == BATCH or sum(a.size for a in arrays) >= BATCH_PIXELS or number == len(found):
+            batches.append(pixel_values(processor, arrays, root, source))
+            arrays = []
     inputs = np.concatenate(batches).astype(np.float32)
     if not np.isfinite(inputs).all():
         raise BadInput(f"{source / PROCESSOR_FILE} turns the images into NaN or inf (image_std 0?); fix its settings")
