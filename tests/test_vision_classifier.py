@@ -188,7 +188,8 @@ def _class_turns(root: Path):
 
 
 def test_class_folders_are_the_models_label_names(tmp_path, vision_classifier):
-    """Folder names map through config.json's label2id: a model whose labels are words reads word folders."""
+    """Folder names map through config.json's label2id: a model whose labels are words reads word folders (a folder
+    named by a class id is that class)."""
     from PIL import Image
 
     from slimops.data import DataSpec, load_for_model
@@ -199,7 +200,7 @@ def test_class_folders_are_the_models_label_names(tmp_path, vision_classifier):
     config.update(id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
     (model / "config.json").unlink()  # a hard link to the session's model: replace it, never write through it
     (model / "config.json").write_text(json.dumps(config))
-    for name in ("seven", "two"):
+    for name in ("seven", "2"):
         (tmp_path / "images" / name).mkdir(parents=True)
         Image.new("RGB", (16, 16), (200, 10, 10)).save(tmp_path / "images" / name / "a.jpg")  # RGB, 16x16: -> L, 8x8
     data = load_for_model(DataSpec(format="imagefolder", path=str(tmp_path / "images"), limit=2), model)

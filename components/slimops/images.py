@@ -91,7 +91,7 @@ def read_imagefolder(spec, model_dirs, label2id: dict[str, int] | None):
     found = list_images(root)
     if label2id:  # before any image is decoded: a class the model does not know is a layout error
         for folder in sorted({name for _, name in found}):
-            if folder not in label2id:
+            if folder not in label2id and not (folder.isdigit() and int(folder) in label2id.values()):  # a class id
                 from slimops.formats import quoted
 
                 known = ", ".join(quoted(name) for name in sorted(label2id, key=label2id.get)[:20])
