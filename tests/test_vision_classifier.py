@@ -235,8 +235,7 @@ def _small_folder(root: Path, digit_images: Path, classes=("3", "5")) -> Path:
 
 
 @pytest.mark.parametrize("case, expected", [
-    ("corrupt", "is not a readable PNG, JPEG, BMP or WebP file"),
-    ("truncated", "cannot be decoded"),
+    ("truncated", "cannot be decoded"),  # not an image at all: tests/security (data/imagefolder-eps-named-png)
     ("unknown-class", "is not among the model's labels ('0', '1', '2'"),
     ("empty", "holds no class folders"),
     ("class-without-images", "holds no images"),
@@ -250,9 +249,7 @@ def test_bad_image_data_exits_2(tmp_path, vision_run, vision_classifier, digit_i
         folder.mkdir()
     else:
         _small_folder(folder, digit_images)
-    if case == "corrupt":
-        (folder / "5" / "b.png").write_bytes(b"not an image at all")
-    elif case == "truncated":
+    if case == "truncated":
         (folder / "5" / "b.png").write_bytes((folder / "5" / "a.png").read_bytes()[:60])
     elif case == "unknown-class":
         _small_folder(folder / "cats", digit_images, ("1",))  # a folder "cats" holding a folder: its images count
