@@ -11,6 +11,8 @@ Formats:
   detected. String labels map through the model's ``label2id`` (config.json), integer labels are ids.
 - token data (NER): ``columns: {tokens: ..., tags: ...}`` (or, in JSONL/Parquet, a ``tokens`` / ``words`` column): a
   list of words and a list of tags per row (slimops.tasks.token_classification).
+- question-answering data: ``columns: {question: ..., context: ..., answers: ...}`` (or, in JSONL/Parquet, columns
+  named ``question`` and ``context``): one question a row with its answers (slimops.tasks.question_answering).
 - ``digits``: scikit-learn's 8x8 digits (ships offline), split by a seeded stratified split.
 - ``npz``: arrays ``x`` and ``y`` (loaded with ``allow_pickle=False``).
 """
@@ -42,7 +44,8 @@ class DataSpec(BaseModel):
     label_column: int = Field(1, ge=0, description="text-classification: column of the integer label")
     columns: dict[str, str | int] | None = Field(
         None, description="role -> column name (or 0-based index): text, text_pair, label; e.g. "
-        "{text: sentence1, text_pair: sentence2, label: label}; token data: {tokens: tokens, tags: ner_tags}")
+        "{text: sentence1, text_pair: sentence2, label: label}; token data: {tokens: tokens, tags: ner_tags}; "
+        "question answering: {question: question, context: context, answers: answers}")
     header: bool | None = Field(None, description="csv/tsv: whether the first row names the columns (default: detected)")
 
     @field_validator("columns")
@@ -54,8 +57,13 @@ class DataSpec(BaseModel):
                 raise ValueError(f"unknown column key {unknown[0]!r}; the keys are {', '.join(COLUMN_ROLES)}")
             if "tokens" in columns and set(columns) - {"tokens", "tags"}:
                 raise ValueError("token data takes columns tokens and tags only (the words and their tags)")
-            if "text" not in columns and "tokens" not in columns:
-                raise ValueError("columns needs 'text' (the column of the input text), or 'tokens' for token data")
+            qa = {"question", "context", "answers"}
+            if qa & set(columns) and not {"question", "context"} <= set(columns) <= qa:
+                raise ValueError("question-answering data takes columns question, context and answers only (both "
+                                 "question and context)")
+            if "text" not in columns and "tokens" not in columns and "question" not in columns:
+                raise ValueError("columns needs 'text' (the column of the input text), 'tokens' for token data, or "
+                                 "'question' and 'context' for question answering")
         return columns
 
     def fingerprint(self) -> dict:
@@ -68,7 +76,7 @@ class DataSpec(BaseModel):
         return info
 
 
-COLUMN_ROLES = ("text", "text_pair", "label", "tokens", "tags")
+COLUMN_ROLES = ("text", "text_pair", "label", "tokens", "tags", "question", "context", "answers")
 # Column names recognised when a table has a header but the recipe names no columns.
 COMMON_NAMES = {
     "text": ("text", "sentence", "sentence1", "premise", "question", "question1", "query", "text_a"),
@@ -90,6 +98,7 @@ class Dataset:
     tags: list | None = None  # token data: each sentence's tags (as written, then label-id arrays)
     tag_names: list[str] | None = None  # token data: the model's labels by id, once tags are resolved
     tag_where: list[str] | None = None  # token data: "file:line" of each sentence, until tags are resolved
+    answers: list[list[str]] | None = None  # question answering: each question's gold answer texts
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -100,6 +109,8 @@ class Dataset:
             return "sts"
         if self.tags is not None:
             return "tokens"
+        if self.answers is not None:
+            return "qa"
         if self.labels is not None or self.raw_labels is not None:
             return "classification"
         return "unlabeled"
@@ -117,10 +128,12 @@ def load_dataset(spec: DataSpec, label2id: dict[str, int] | None = None) -> Data
     if spec.format == "text-classification" and (spec.columns or _has_header_words(Path(spec.path))):
         reader = _read_table  # named columns: read as csv / tsv by the file's suffix
     if spec.format in ("csv", "tsv", "jsonl", "parquet"):
-        from slimops.tasks import token_classification
+        from slimops.tasks import question_answering, token_classification
 
         if token_classification.is_token_data(spec, Path(spec.path)):
             reader = token_classification.read_tokens
+        elif question_answering.is_qa_data(spec, Path(spec.path)):
+            reader = question_answering.read_qa
     dataset = reader(spec)
     if len(dataset) == 0:
         raise BadInput(f"data file {spec.path or spec.format} holds no examples; give a file with data")
@@ -380,8 +393,9 @@ def _read_csv_rows(path: Path) -> list[list[str]]:
         raise BadInput(f"{path}:{reader.line_num}: cannot split the line into columns ({err}); fix its quoting") from None
 
 
-def _jsonl_table(path: Path, lists: bool = False):
-    """(column names, rows, first line); ``lists``: cells may hold JSON lists (token data's words and tags)."""
+def _jsonl_table(path: Path, lists: bool = False, dicts: bool = False):
+    """(column names, rows, first line); ``lists``: cells may hold JSON lists (token data's words and tags);
+    ``dicts``: and objects (SQuAD's answers)."""
     import json
 
     records, names = [], []
@@ -402,13 +416,13 @@ def _jsonl_table(path: Path, lists: bool = False):
     rows = [[record.get(name) for name in names] for record in records]
     for row in rows:
         for i, value in enumerate(row):
-            if isinstance(value, dict) or (isinstance(value, list) and not lists):
+            if (isinstance(value, dict) and not dicts) or (isinstance(value, list) and not lists):
                 raise BadInput(f"{path}: column {_quoted(names[i])} holds a JSON {type(value).__name__}, not text or a "
                                "label; name a column of strings or numbers")
     return names, rows, 1
 
 
-def _parquet_table(path: Path, lists: bool = False):
+def _parquet_table(path: Path, lists: bool = False, dicts: bool = False):
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -421,7 +435,8 @@ def _parquet_table(path: Path, lists: bool = False):
     names = list(table.column_names)
     columns = [table.column(name).to_pylist() for name in names]
     for name, values in zip(names, columns):
-        kept = (dict, bytes) if lists else (dict, list, bytes)  # lists: token data's words and tags
+        kept = (bytes,) if dicts else (dict, bytes)  # dicts: SQuAD's answers
+        kept = kept if lists else (*kept, list)  # lists: token data's words and tags
         if any(isinstance(v, kept) for v in values[:100]):
             columns[names.index(name)] = [v if not isinstance(v, kept) else None for v in values]
     rows = [list(row) for row in zip(*columns)] if columns else []
