@@ -140,6 +140,7 @@ def test_side_effect_steps_are_never_cached_and_every_format_is_known():
 NOT_STEP_REFERENCES = {
     ("data.py", "train"): "a data split (digits split: train/test), not the train step",
     ("zoo/token_classifier.py", "train"): "a split of the generated NER set (train/dev), not the train step",
+    ("zoo/qa_model.py", "train"): "a split of the generated QA set (train/dev), not the train step",
     ("registry.py", "promote"): "the audit log's action name for a promotion",
     ("serving/commands.py", "promote"): "the `slimops promote` command (moves the champion by hand)",
     ("adapters/airflow/operators.py", "deploy"): "the deploy role's execution_timeout (a role, not the step)",

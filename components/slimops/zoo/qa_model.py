@@ -9,7 +9,8 @@ Hugging Face directory (config.json, model.safetensors, tokenizer files), as a t
 The data is generated here from the templates below and the name lists of slimops.zoo.token_classifier (nothing is
 downloaded, no licence attaches to it): one JSON object a line, SQuAD's layout, ``{"question": ..., "context": ...,
 "answers": {"text": [...], "answer_start": [...]}}``. The dev split draws names the train split never shows (a
-quarter of each list), so the dev score measures more than memorisation.
+quarter of each list) and asks a third of its questions in wordings the train split never uses, so the dev score
+measures more than memorisation.
 """
 
 from __future__ import annotations
@@ -24,19 +25,28 @@ from slimops.zoo.finetune import minilm_with_head, save_with_minilm_tokenizer, s
 from slimops.zoo.token_classifier import FIRST, LAST, ORGS, PLACES, _pool, write_jsonl
 
 SEEDS = {"train": 0, "dev": 1}
-# A fact (slots: PER, PER2, LOC, ORG, YEAR) and the questions it answers: (question, the slot that answers it).
+# A fact (slots: PER, PER2, LOC, ORG, YEAR) and the questions it answers: (question, the slot that answers it). The
+# third question of each fact is a wording only the dev split asks.
 FACTS = (
-    ("{PER} was born in {LOC} in {YEAR}.", (("Where was {PER} born?", "LOC"), ("In which year was {PER} born?", "YEAR"))),
-    ("{PER} works for {ORG}.", (("Who works for {ORG}?", "PER"), ("Which organisation does {PER} work for?", "ORG"))),
+    ("{PER} was born in {LOC} in {YEAR}.", (("Where was {PER} born?", "LOC"), ("In which year was {PER} born?", "YEAR"),
+                                         ("What is the birthplace of {PER}?", "LOC"))),
+    ("{PER} works for {ORG}.", (("Who works for {ORG}?", "PER"), ("Which organisation does {PER} work for?", "ORG"),
+                                ("Who is employed by {ORG}?", "PER"))),
     ("{ORG} opened an office in {LOC} in {YEAR}.", (("Where did {ORG} open an office?", "LOC"),
-                                                    ("When did {ORG} open its office in {LOC}?", "YEAR"))),
-    ("In {YEAR}, {PER} moved to {LOC}.", (("Where did {PER} move to?", "LOC"), ("When did {PER} move to {LOC}?", "YEAR"))),
-    ("{ORG} is led by {PER}.", (("Who leads {ORG}?", "PER"), ("Which organisation does {PER} lead?", "ORG"))),
-    ("{PER} met {PER2} in {LOC}.", (("Who did {PER} meet in {LOC}?", "PER2"), ("Where did {PER} meet {PER2}?", "LOC"))),
+                                                    ("When did {ORG} open its office in {LOC}?", "YEAR"),
+                                                    ("In which city did {ORG} open an office?", "LOC"))),
+    ("In {YEAR}, {PER} moved to {LOC}.", (("Where did {PER} move to?", "LOC"), ("When did {PER} move to {LOC}?", "YEAR"),
+                                          ("To which city did {PER} move?", "LOC"))),
+    ("{ORG} is led by {PER}.", (("Who leads {ORG}?", "PER"), ("Which organisation does {PER} lead?", "ORG"),
+                               ("Who is the leader of {ORG}?", "PER"))),
+    ("{PER} met {PER2} in {LOC}.", (("Who did {PER} meet in {LOC}?", "PER2"), ("Where did {PER} meet {PER2}?", "LOC"),
+                                   ("Whom did {PER} see in {LOC}?", "PER2"))),
     ("The headquarters of {ORG} are in {LOC}.", (("Where are the headquarters of {ORG}?", "LOC"),
-                                                 ("Which organisation has its headquarters in {LOC}?", "ORG"))),
+                                                 ("Which organisation has its headquarters in {LOC}?", "ORG"),
+                                                 ("In which city is {ORG} based?", "LOC"))),
     ("{PER} won an award from {ORG} in {YEAR}.", (("Which organisation gave {PER} an award?", "ORG"),
-                                                  ("Who won an award from {ORG}?", "PER"))),
+                                                  ("Who won an award from {ORG}?", "PER"),
+                                                  ("Who received an award from {ORG}?", "PER"))),
 )
 FILLERS = ("The weather was mild that spring.", "Few people noticed at the time.", "The story was told for years.",
            "Prices rose again that winter.")
@@ -63,7 +73,7 @@ def generate(split: str, count: int, seed: int | None = None) -> list[dict]:
                 context += " "
             template = FILLERS[rng.randrange(len(FILLERS))] if fact is None else FACTS[fact][0]
             if fact == asked:
-                question, slot = rng.choice(FACTS[fact][1])
+                question, slot = rng.choice(FACTS[fact][1] if split == "dev" else FACTS[fact][1][:2])
                 before = template.split("{" + slot + "}")[0]
                 start = len(context) + len(SLOT.sub(lambda m: values[m.group(1)], before))
                 answer = {"text": [values[slot]], "answer_start": [start]}
