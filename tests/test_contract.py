@@ -141,6 +141,7 @@ NOT_STEP_REFERENCES = {
     ("data.py", "train"): "a data split (digits split: train/test), not the train step",
     ("zoo/token_classifier.py", "train"): "a split of the generated NER set (train/dev), not the train step",
     ("zoo/vision_classifier.py", "train"): "the digits split the vision model is trained on, not the train step",
+    ("zoo/qa_model.py", "train"): "a split of the generated QA set (train/dev), not the train step",
     ("registry.py", "promote"): "the audit log's action name for a promotion",
     ("serving/commands.py", "promote"): "the `slimops promote` command (moves the champion by hand)",
     ("adapters/airflow/operators.py", "deploy"): "the deploy role's execution_timeout (a role, not the step)",

@@ -11,6 +11,8 @@ Formats:
   detected. String labels map through the model's ``label2id`` (config.json), integer labels are ids.
 - token data (NER): ``columns: {tokens: ..., tags: ...}`` (or, in JSONL/Parquet, a ``tokens`` / ``words`` column): a
   list of words and a list of tags per row (slimops.tasks.token_classification).
+- question-answering data: ``columns: {question: ..., context: ..., answers: ...}`` (or, in JSONL/Parquet, columns
+  named ``question`` and ``context``): one question a row with its answers (slimops.tasks.question_answering).
 - ``hf-dataset``: a Hugging Face dataset saved with ``save_to_disk`` (a folder), read as a table of named columns
   (slimops.hf_dataset); ``split:`` picks a DatasetDict's split.
 - ``digits``: scikit-learn's 8x8 digits (ships offline), split by a seeded stratified split.
@@ -50,7 +52,8 @@ class DataSpec(BaseModel):
     label_column: int = Field(1, ge=0, description="text-classification: column of the integer label")
     columns: dict[str, str | int] | None = Field(
         None, description="role -> column name (or 0-based index): text, text_pair, label; e.g. "
-        "{text: sentence1, text_pair: sentence2, label: label}; token data: {tokens: tokens, tags: ner_tags}")
+        "{text: sentence1, text_pair: sentence2, label: label}; token data: {tokens: tokens, tags: ner_tags}; "
+        "question answering: {question: question, context: context, answers: answers}")
     header: bool | None = Field(None, description="csv/tsv: whether the first row names the columns (default: detected)")
 
     @field_validator("columns")
@@ -62,8 +65,13 @@ class DataSpec(BaseModel):
                 raise ValueError(f"unknown column key {unknown[0]!r}; the keys are {', '.join(COLUMN_ROLES)}")
             if "tokens" in columns and set(columns) - {"tokens", "tags"}:
                 raise ValueError("token data takes columns tokens and tags only (the words and their tags)")
-            if "text" not in columns and "tokens" not in columns:
-                raise ValueError("columns needs 'text' (the column of the input text), or 'tokens' for token data")
+            qa = {"question", "context", "answers"}
+            if qa & set(columns) and not {"question", "context"} <= set(columns) <= qa:
+                raise ValueError("question-answering data takes columns question, context and answers only (both "
+                                 "question and context)")
+            if "text" not in columns and "tokens" not in columns and "question" not in columns:
+                raise ValueError("columns needs 'text' (the column of the input text), 'tokens' for token data, or "
+                                 "'question' and 'context' for question answering")
         return columns
 
     @model_validator(mode="after")
@@ -92,7 +100,7 @@ class DataSpec(BaseModel):
         return info
 
 
-COLUMN_ROLES = ("text", "text_pair", "label", "tokens", "tags")
+COLUMN_ROLES = ("text", "text_pair", "label", "tokens", "tags", "question", "context", "answers")
 # Column names recognised when a table has a header but the recipe names no columns.
 COMMON_NAMES = {
     "text": ("text", "sentence", "sentence1", "premise", "question", "question1", "query", "text_a"),
@@ -114,6 +122,7 @@ class Dataset:
     tags: list | None = None  # token data: each sentence's tags (as written, then label-id arrays)
     tag_names: list[str] | None = None  # token data: the model's labels by id, once tags are resolved
     tag_where: list[str] | None = None  # token data: "file:line" of each sentence, until tags are resolved
+    answers: list[list[str]] | None = None  # question answering: each question's gold answer texts
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -124,6 +133,8 @@ class Dataset:
             return "sts"
         if self.tags is not None:
             return "tokens"
+        if self.answers is not None:
+            return "qa"
         if self.labels is not None or self.raw_labels is not None:
             return "classification"
         return "unlabeled"
@@ -158,10 +169,12 @@ def load_dataset(spec: DataSpec, label2id: dict[str, int] | None = None, model_d
     if spec.format == "text-classification" and (spec.columns or _has_header_words(Path(spec.path))):
         reader = _read_table  # named columns: read as csv / tsv by the file's suffix
     if spec.format in ("csv", "tsv", "jsonl", "parquet", "hf-dataset"):
-        from slimops.tasks import token_classification
+        from slimops.tasks import question_answering, token_classification
 
         if token_classification.is_token_data(spec, Path(spec.path)):
             reader = token_classification.read_tokens
+        elif question_answering.is_qa_data(spec, Path(spec.path)):
+            reader = question_answering.read_qa
     dataset = reader(spec)
     if len(dataset) == 0:
         raise BadInput(f"data file {spec.path or spec.format} holds no examples; give a file with data")
@@ -415,8 +428,9 @@ def _read_csv_rows(path: Path) -> list[list[str]]:
         raise BadInput(f"{path}:{reader.line_num}: cannot split the line into columns ({err}); fix its quoting") from None
 
 
-def _jsonl_table(path: Path, lists: bool = False):
-    """(column names, rows, first line); ``lists``: cells may hold JSON lists (token data's words and tags)."""
+def _jsonl_table(path: Path, lists: bool = False, dicts: bool = False):
+    """(column names, rows, first line); ``lists``: cells may hold JSON lists (token data's words and tags);
+    ``dicts``: and objects (SQuAD's answers)."""
     import json
 
     records, names = [], []
@@ -437,33 +451,33 @@ def _jsonl_table(path: Path, lists: bool = False):
     rows = [[record.get(name) for name in names] for record in records]
     for row in rows:
         for i, value in enumerate(row):
-            if isinstance(value, dict) or (isinstance(value, list) and not lists):
+            if (isinstance(value, dict) and not dicts) or (isinstance(value, list) and not lists):
                 raise BadInput(f"{path}: column {_quoted(names[i])} holds a JSON {type(value).__name__}, not text or a "
                                "label; name a column of strings or numbers")
     return names, rows, 1
 
 
-def named_table(spec: DataSpec, lists: bool = False):
+def named_table(spec: DataSpec, lists: bool = False, dicts: bool = False):
     """A table format's (column names or None, data rows, number of the first data row, place(number) -> how a
-    message names that row: "file:line" or "file row N"). ``lists``: cells may hold lists (token data)."""
+    message names that row: "file:line" or "file row N"). ``lists``: cells may hold lists (token data); ``dicts``: and objects (SQuAD's answers)."""
     path = Path(spec.path)
     fmt = spec.format if spec.format != "text-classification" else ("tsv" if path.suffix == ".tsv" else "csv")
     if fmt in ("csv", "tsv"):
         return (*_delimited_table(path, spec, "\t" if fmt == "tsv" else ","), lambda line: f"{path}:{line}")
     if fmt == "jsonl":
-        return (*_jsonl_table(path, lists), lambda line: f"{path}:{line}")
+        return (*_jsonl_table(path, lists, dicts), lambda line: f"{path}:{line}")
     if fmt == "parquet":
-        return (*_parquet_table(path, lists), lambda row: f"{path} row {row}")
+        return (*_parquet_table(path, lists, dicts), lambda row: f"{path} row {row}")
     if fmt == "hf-dataset":
         from slimops import hf_dataset
 
         table, shown = hf_dataset.read_table(spec)
-        return (*_arrow_rows(table, lists), lambda row: f"{shown} row {row}")
+        return (*_arrow_rows(table, lists, dicts), lambda row: f"{shown} row {row}")
     raise BadInput(f"data format '{spec.format}' is not a table of named columns; use csv, tsv, jsonl, parquet or "
                    "hf-dataset")
 
 
-def _parquet_table(path: Path, lists: bool = False):
+def _parquet_table(path: Path, lists: bool = False, dicts: bool = False):
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -473,15 +487,16 @@ def _parquet_table(path: Path, lists: bool = False):
     except Exception as err:  # noqa: BLE001 - pyarrow's ArrowInvalid / OSError: the file is not Parquet
         raise BadInput(f"{path} is not a readable Parquet file ({type(err).__name__}: "
                        f"{_quoted(' '.join(str(err).split()))}); write it with pyarrow or pandas") from None
-    return _arrow_rows(table, lists)
+    return _arrow_rows(table, lists, dicts)
 
 
-def _arrow_rows(table, lists: bool = False):
+def _arrow_rows(table, lists: bool = False, dicts: bool = False):
     """(column names, rows, 0) of an Arrow table (Parquet, a saved HF dataset); nested cells become None."""
     names = list(table.column_names)
     columns = [table.column(name).to_pylist() for name in names]
     for name, values in zip(names, columns):
-        kept = (dict, bytes) if lists else (dict, list, bytes)  # lists: token data's words and tags
+        kept = (bytes,) if dicts else (dict, bytes)  # dicts: SQuAD's answers
+        kept = kept if lists else (*kept, list)  # lists: token data's words and tags
         if any(isinstance(v, kept) for v in values[:100]):
             columns[names.index(name)] = [v if not isinstance(v, kept) else None for v in values]
     rows = [list(row) for row in zip(*columns)] if columns else []

@@ -9,7 +9,7 @@ import numpy as np
 
 from slimops.data import Dataset
 from slimops.errors import BadInput
-from slimops.tasks import causal_lm
+from slimops.tasks import causal_lm, question_answering
 
 
 def batches(inputs, size: int):
@@ -30,6 +30,14 @@ def metric_name(model_task: str, dataset: Dataset) -> str:
     if model_task == causal_lm.TASK:
         causal_lm.check_texts(dataset)
         return causal_lm.METRIC
+    if dataset.kind == "qa" or model_task == question_answering.TASK:
+        if model_task != question_answering.TASK:
+            raise BadInput(f"question-answering data (questions, contexts, answers) needs a question-answering model, "
+                           f"not {model_task}; give a *ForQuestionAnswering model or other data")
+        if dataset.kind != "qa":
+            raise BadInput("a question-answering model is scored on questions, contexts and their answers: give data "
+                           "with columns: {question: ..., context: ..., answers: ...}")
+        return question_answering.METRIC
     if dataset.kind == "sts":
         if model_task != "sentence-embedding":
             raise BadInput(f"STS data needs a sentence-embedding model, not {model_task}; use classification data")
@@ -100,6 +108,8 @@ def task_metrics(outputs: np.ndarray, dataset: Dataset) -> dict[str, float]:
         from slimops.tasks import token_classification
 
         return finite_metrics(token_classification.task_metrics(outputs, dataset), "the token data")
+    if dataset.kind == "qa":
+        return finite_metrics(question_answering.task_metrics(outputs, dataset), "the question-answering data")
     if dataset.kind == "unlabeled":  # only a causal LM gets past metric_name with plain text
         return finite_metrics(causal_lm.metrics(outputs), "the text")
     if dataset.kind == "sts":
@@ -130,6 +140,8 @@ def fidelity(baseline: np.ndarray, candidate: np.ndarray, task: str, dataset: Da
         from slimops.tasks import token_classification
 
         return finite_metrics(token_classification.fidelity(baseline, candidate, dataset), "fidelity")
+    if task == question_answering.TASK:
+        return finite_metrics(question_answering.fidelity(baseline, candidate, dataset), "fidelity")
     if task == "sentence-embedding":
         cos = (baseline * candidate).sum(1) / (
             np.linalg.norm(baseline, axis=1) * np.linalg.norm(candidate, axis=1) + 1e-12)
@@ -142,8 +154,10 @@ def fidelity(baseline: np.ndarray, candidate: np.ndarray, task: str, dataset: Da
 
 def headline_fidelity(fid: dict[str, float]) -> float | None:
     """The one fidelity number a gate's min_fidelity compares: mean cosine (embeddings), top-1 agreement %
-    (classifiers, next-token of an LM) or per-word tag agreement % (token classification)."""
-    return next((fid[key] for key in ("mean_cosine", "top1_agreement", "tag_agreement") if key in fid), None)
+    (classifiers, next-token of an LM), per-word tag agreement % (token classification) or answer-span agreement %
+    (question answering)."""
+    return next((fid[key] for key in ("mean_cosine", "top1_agreement", "tag_agreement", "span_agreement")
+                 if key in fid), None)
 
 
 @dataclass
@@ -221,6 +235,9 @@ def drop_interval(baseline: np.ndarray, candidate: np.ndarray, dataset: Dataset,
 
         drops = bootstrap_drops(baseline, candidate, dataset, rng, resamples)
         units = len(dataset.tags)
+    elif dataset.kind == "qa":  # F1 over resampled questions
+        drops = question_answering.bootstrap_drops(baseline, candidate, dataset, rng, resamples)
+        units = len(dataset.answers)
     else:
         labels = np.asarray(dataset.labels)
         right = [(outputs.argmax(axis=1) == labels).astype(float) for outputs in (baseline, candidate)]

@@ -22,7 +22,7 @@ class GatePolicy(BaseModel):
     min_speedup: float | None = Field(1.0, gt=0, description="min batch throughput ratio candidate/baseline; fails 'smaller but not faster'")
     max_size_ratio: float | None = Field(None, gt=0, description="max size on disk candidate/baseline")
     max_p95_latency_ms: float | None = Field(None, gt=0, description="max batch-1 p95 latency of the candidate")
-    min_fidelity: float | None = Field(None, description="min mean cosine to the baseline embeddings, or top-1 agreement % (token-classification: per-word tag agreement %)")
+    min_fidelity: float | None = Field(None, description="min mean cosine to the baseline embeddings, or top-1 agreement % (token-classification: per-word tag agreement %; question-answering: answer-span agreement %)")
     confidence: float | None = Field(None, ge=0.5, lt=1, description="metric drops pass only when the upper end of "
                                      "their paired-bootstrap interval at this level is within the limit (e.g. 0.95); "
                                      "also the level of the speedup interval (default 0.95)")

@@ -262,8 +262,9 @@ def _accuracy_control(baseline, info, data: Dataset, name: str, settings: Settin
                 continue
             encoded = baseline.tokenize(batch)
             feeds = {port.get_any_name(): encoded[port.get_any_name()].astype(np.int64) for port in compiled.inputs}
-            outputs.append(baseline.finish(np.asarray(compiled(feeds)[0], dtype=np.float32),
-                                           encoded["attention_mask"], encoded.get("word_index")))
+            result = compiled(feeds)
+            outputs.append(baseline.finish_outputs([np.asarray(result[port], dtype=np.float32) for port in compiled.outputs],
+                                                   [port.get_any_name() for port in compiled.outputs], encoded))
         return task_metrics(np.concatenate(outputs), data)[name], None
 
     if policy.max_metric_drop is not None:

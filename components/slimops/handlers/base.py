@@ -54,6 +54,10 @@ class TextMixin:
             from slimops.tasks.token_classification import tokenize_words
 
             return tokenize_words(self.tokenizer, texts, self.info.max_length)
+        if self.info.task == "question-answering":  # (question, context) pairs; adds offset_mapping
+            from slimops.tasks.question_answering import tokenize_pairs
+
+            return tokenize_pairs(self.tokenizer, texts, self.info.max_length)
         if texts and isinstance(texts[0], (tuple, list)):
             return dict(self.tokenizer([a for a, _ in texts], [b for _, b in texts], padding=True,
                                        truncation="longest_first", max_length=self.info.max_length,
@@ -63,6 +67,21 @@ class TextMixin:
         if self.info.task == "causal-lm":  # GPT-2 would add token_type_ids through its token embedding
             encoded.pop("token_type_ids", None)
         return encoded
+
+    def finish_outputs(self, outputs: list[np.ndarray], names: list[str], encoded: dict) -> np.ndarray:
+        """A graph's outputs (ONNX Runtime, OpenVINO) -> what ``predict`` returns; ``names``: the outputs' names."""
+        if self.info.task == "question-answering":  # both logits -> each question's best span
+            from slimops.tasks.question_answering import best_spans
+
+            start, end = (outputs[names.index(n)] if n in names else outputs[i]
+                          for i, n in enumerate(("start_logits", "end_logits")))
+            return best_spans(start, end, encoded["offset_mapping"])
+        output = np.asarray(outputs[0], dtype=np.float32)
+        if self.info.task == "causal-lm":
+            from slimops.tasks.causal_lm import rows
+
+            return rows(output, encoded["input_ids"], encoded["attention_mask"], self.info.max_length)
+        return self.finish(output, encoded["attention_mask"], encoded.get("word_index"))
 
     def finish(self, output: np.ndarray, attention_mask: np.ndarray, word_index: np.ndarray | None = None) -> np.ndarray:
         if self.info.task == "token-classification" and word_index is not None:  # per-token -> per-word logits

@@ -16,7 +16,7 @@ from slimops.formats import (check_architecture, check_hf_files, check_model_fil
 from slimops.manifest import read_manifest, within
 
 Task = Literal["sentence-embedding", "text-classification", "tensor-classification", "token-classification",
-               "causal-lm"]
+               "causal-lm", "question-answering"]
 PACKED_FILE = "model.onnx.zst"  # the pack step's output: one ONNX protobuf, zstd-compressed
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -45,13 +45,13 @@ TASKS: dict[str, str | None] = {
     "sentence-embedding": "sentence-embedding",
     "text-classification": "text-classification",
     "token-classification": "token-classification",  # NER: word tags, scored with seqeval entity F1
-    "question-answering": None,
+    "question-answering": "question-answering",  # extractive: answer spans, SQuAD EM/F1
     "image-classification": "tensor-classification",  # a PyTorch factory (architecture.json), an HF vision model, ONNX
     "text-generation": "causal-lm",  # perplexity on plain text (slimops.tasks.causal_lm)
     "fill-mask": None,
 }
-SUPPORTED_TASKS = ("feature-extraction", "text-classification", "token-classification", "image-classification",
-                   "text-generation")
+SUPPORTED_TASKS = ("feature-extraction", "text-classification", "token-classification", "question-answering",
+                   "image-classification", "text-generation")
 # config.json architectures suffix -> optimum task.
 HEADS = (("ForSequenceClassification", "text-classification"), ("ForTokenClassification", "token-classification"),
          ("ForQuestionAnswering", "question-answering"), ("ForImageClassification", "image-classification"),
@@ -246,6 +246,12 @@ def _describe_hf(model_dir: Path, names: set[str], task: str | None = None) -> M
     if kind in ("text-classification", "token-classification"):
         return ModelInfo(format="hf", task=kind, file="model.safetensors",
                          num_labels=len(config.get("id2label", {})) or None, normalize=False)
+    if kind == "question-answering":  # question + context: the SQuAD examples' length, within the model's positions
+        from slimops.tasks.question_answering import DEFAULT_MAX_LENGTH
+
+        positions = config.get("max_position_embeddings")
+        length = min(DEFAULT_MAX_LENGTH, positions) if isinstance(positions, int) and positions >= 64 else DEFAULT_MAX_LENGTH
+        return ModelInfo(format="hf", task=kind, file="model.safetensors", max_length=length, normalize=False)
     if kind == "causal-lm":  # texts are cut to the positions the model has (GPT-2: n_positions)
         positions = config.get("n_positions", config.get("max_position_embeddings"))
         length = min(128, positions) if isinstance(positions, int) and positions >= 8 else 128
@@ -361,6 +367,11 @@ def _info_from_graph(model_dir: Path, file: str, graph, fmt: str) -> ModelInfo:
     outputs = [o.name for o in graph.output]
     if has_tokenizer(model_dir):
         task = "text-classification" if "logits" in outputs else "sentence-embedding"
+        if {"start_logits", "end_logits"} <= set(outputs):  # an extractive QA head: a span's start and end
+            from slimops.tasks.question_answering import DEFAULT_MAX_LENGTH
+
+            return ModelInfo(format=fmt, task="question-answering", file=file, max_length=DEFAULT_MAX_LENGTH,
+                             normalize=False)
         head = _config_head(model_dir) if "logits" in outputs else None
         if head in ("text-generation", "token-classification", "text-classification"):
             task = TASKS[head]  # config.json's head says what the logits are: per position, per token or per text

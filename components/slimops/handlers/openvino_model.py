@@ -52,7 +52,6 @@ class OpenVinoModel(TextMixin, Runnable):
         if self.info.task == "causal-lm" and "position_ids" in self.input_names:
             encoded["position_ids"] = causal_lm.position_ids(encoded["attention_mask"])
         feeds = {name: encoded[name].astype(np.int64) for name in self.input_names}
-        output = np.asarray(self.compiled(feeds)[0], dtype=np.float32)
-        if self.info.task == "causal-lm":
-            return causal_lm.rows(output, encoded["input_ids"], encoded["attention_mask"], self.info.max_length)
-        return self.finish(output, encoded["attention_mask"], encoded.get("word_index"))
+        result = self.compiled(feeds)
+        outputs = [np.asarray(result[port], dtype=np.float32) for port in self.compiled.outputs]
+        return self.finish_outputs(outputs, [port.get_any_name() for port in self.compiled.outputs], encoded)

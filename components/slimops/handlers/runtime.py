@@ -22,6 +22,7 @@ class HFModel(TextMixin, Runnable):
         super().__init__(model_dir, info)
         import torch
         from transformers import (AutoModel, AutoModelForCausalLM, AutoModelForImageClassification,
+                                  AutoModelForQuestionAnswering,
                                   AutoModelForSequenceClassification, AutoModelForTokenClassification)
 
         if threads:
@@ -29,6 +30,7 @@ class HFModel(TextMixin, Runnable):
         cls = {"text-classification": AutoModelForSequenceClassification,
                "token-classification": AutoModelForTokenClassification,
                "tensor-classification": AutoModelForImageClassification,  # a vision model: pixel_values in
+               "question-answering": AutoModelForQuestionAnswering,
                "causal-lm": AutoModelForCausalLM}.get(info.task, AutoModel)
         try:
             self.model = cls.from_pretrained(str(model_dir), use_safetensors=True, trust_remote_code=False).eval()
@@ -47,12 +49,20 @@ class HFModel(TextMixin, Runnable):
                 return self.model(pixel_values=pixels).logits.float().numpy()
         encoded = self.tokenize(batch)
         with torch.inference_mode():
-            out = self.model(**{k: torch.from_numpy(v) for k, v in encoded.items() if k != "word_index"})
+            out = self.model(**{k: torch.from_numpy(v) for k, v in encoded.items() if k not in NOT_MODEL_INPUTS})
+        if self.info.task == "question-answering":
+            from slimops.tasks.question_answering import best_spans
+
+            return best_spans(out.start_logits.float().numpy(), out.end_logits.float().numpy(),
+                              encoded["offset_mapping"])
         if self.info.task == "causal-lm":
             return causal_lm.rows(out.logits.float().numpy(), encoded["input_ids"], encoded["attention_mask"],
                                   self.info.max_length)
         first = out.last_hidden_state if self.info.task == "sentence-embedding" else out.logits
         return self.finish(first.float().numpy(), encoded["attention_mask"], encoded.get("word_index"))
+
+
+NOT_MODEL_INPUTS = ("word_index", "offset_mapping")  # what tokenize adds for the task's outputs, not for the model
 
 
 def library_error(err: BaseException, limit: int = 160) -> str:
@@ -157,10 +167,8 @@ class OnnxModel(TextMixin, Runnable):
         if missing:
             raise BadInput(f"{self.model_dir / self.info.file} expects inputs {sorted(missing)} "
                            "that its tokenizer does not produce; re-export the model with its tokenizer")
-        output = self.session.run(None, feeds)[0].astype(np.float32)
-        if self.info.task == "causal-lm":
-            return causal_lm.rows(output, encoded["input_ids"], encoded["attention_mask"], self.info.max_length)
-        return self.finish(output, encoded["attention_mask"], encoded.get("word_index"))
+        outputs = [np.asarray(o, dtype=np.float32) for o in self.session.run(None, feeds)]
+        return self.finish_outputs(outputs, [o.name for o in self.session.get_outputs()], encoded)
 
 
 def load(model_dir: Path, info: ModelInfo | None = None, threads: int | None = None) -> Runnable:
@@ -189,6 +197,10 @@ def sample_batch(info: ModelInfo, size: int = 4):
         from slimops.tasks.token_classification import sample_words
 
         return (sample_words() * size)[:size]
+    if info.task == "question-answering":
+        from slimops.tasks.question_answering import sample_pairs
+
+        return (sample_pairs() * size)[:size]
     sentences = [
         "A man is playing a guitar.",
         "The quick brown fox jumps over the lazy dog near the river bank.",

@@ -110,6 +110,8 @@ def _error(reference: np.ndarray, candidate: np.ndarray, task: str) -> float:
     if task == "causal-lm":  # rows [NLL sum, predicted tokens, ...]: the mean change of NLL per token, per text
         tokens = np.clip(reference[:, 1], 1, None)
         return float((np.abs(reference[:, 0] - candidate[:, 0]) / tokens).mean())
+    if task == "question-answering":  # rows [char_start, char_end, score]: the share of answer spans that moved
+        return float((reference[:, :2] != candidate[:, :2]).any(axis=1).mean())
     if task == "sentence-embedding":
         cos = (reference * candidate).sum(1) / (
             np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1) + 1e-12)

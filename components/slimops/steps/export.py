@@ -17,7 +17,8 @@ from slimops.steps import Step, StepConfig, StepResult
 class ExportConfig(StepConfig):
     opset: int = Field(17, ge=13, le=21, description="ONNX opset")
     tolerance: float = Field(1e-3, gt=0, description="max |source - onnx| on sample inputs before the export is an error")
-    max_length: int = Field(128, ge=8, le=4096, description="text models: truncation length used at inference")
+    max_length: int = Field(128, ge=8, le=4096, description="text models: truncation length used at inference "
+                            "(question-answering, when not set: the model's, 384)")
     task: TaskName = Field(None, description=TASK_HELP)
 
 
@@ -30,6 +31,9 @@ class Export(Step):
 
     def run(self, ctx, config: ExportConfig) -> StepResult:
         info = ctx.model_info
+        if info.task == "question-answering" and "max_length" not in config.model_fields_set:
+            # question + context need more tokens than one text: a QA model's own length (384)
+            config = config.model_copy(update={"max_length": info.max_length})
         if info.format == "onnx":
             raise BadInput(f"{ctx.model_dir} is already ONNX; skip export or give the source model")
         if info.format not in ("hf", "torch"):
@@ -57,7 +61,8 @@ class Export(Step):
         # A causal LM: logits for every position, without past key values (slimops scores whole texts).
         task = {"text-classification": "text-classification", "token-classification": "token-classification",
                 "tensor-classification": "image-classification",  # input pixel_values, output logits
-                "causal-lm": "text-generation"}.get(info.task, "feature-extraction")
+                "question-answering": "question-answering", "causal-lm": "text-generation"}.get(info.task,
+                                                                                                "feature-extraction")
         # optimum prints its own validation chatter; the parity check below is ours.
         try:
             with contextlib.redirect_stdout(io.StringIO()):

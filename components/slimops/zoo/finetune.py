@@ -30,8 +30,9 @@ def seed_all(seed: int, threads: int | None = None) -> None:
     torch.manual_seed(seed)
 
 
-def minilm_with_head(model_class, labels: tuple[str, ...], frozen_layers: int = 0):
-    """(model, tokenizer) from the packaged MiniLM with a new ``model_class`` head over ``labels``; the embeddings
+def minilm_with_head(model_class, labels: tuple[str, ...] | None, frozen_layers: int = 0):
+    """(model, tokenizer) from the packaged MiniLM with a new ``model_class`` head over ``labels`` (None: a head with
+    no labels, e.g. question answering's start and end logits); the embeddings
     and ``frozen_layers`` lower encoder layers keep MiniLM's weights (a cheaper build, the same architecture)."""
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -41,9 +42,9 @@ def minilm_with_head(model_class, labels: tuple[str, ...], frozen_layers: int = 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "some weights were newly initialised": the new head, as intended
     try:
-        model = model_class.from_pretrained(
-            str(base), num_labels=len(labels), id2label=dict(enumerate(labels)),
-            label2id={name: i for i, name in enumerate(labels)}, use_safetensors=True, trust_remote_code=False)
+        named = {} if labels is None else {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                                           "label2id": {name: i for i, name in enumerate(labels)}}
+        model = model_class.from_pretrained(str(base), **named, use_safetensors=True, trust_remote_code=False)
     finally:
         hf_logging.set_verbosity(verbosity)
     if frozen_layers:
