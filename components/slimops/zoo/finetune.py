@@ -88,3 +88,42 @@ def save_with_minilm_tokenizer(model, out: Path) -> Path:
         if (base / name).is_file():
             shutil.copyfile(base / name, out / name)
     return out
+
+
+def write_jsonl(examples: list[dict], out: Path) -> Path:
+    import json
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", encoding="utf-8") as handle:
+        for example in examples:
+            handle.write(json.dumps(example, ensure_ascii=False) + "\n")
+    return out
+
+
+def generated_set_main(argv, *, prog: str, description: str, build, generate, splits, default_steps: int,
+                       unit: str) -> int:
+    """The command line of a builder that fine-tunes MiniLM on a generated set: ``OUT`` builds the model there;
+    ``--data SPLIT OUT.jsonl`` writes that split of the generated set instead."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("out", type=Path, help="directory to write (the model), or with --data the JSONL file")
+    parser.add_argument("--steps", type=int, default=default_steps)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--frozen-layers", type=int, default=0, help="keep the embeddings and this many lower "
+                        "layers as MiniLM has them (a cheaper build)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for training (default: torch's)")
+    parser.add_argument("--data", choices=sorted(splits), default=None,
+                        help="write this generated split to OUT as JSONL instead of training")
+    parser.add_argument("--count", type=int, default=200, help=f"--data: {unit} to write")
+    args = parser.parse_args(argv)
+    if args.data:
+        write_jsonl(generate(args.data, args.count), args.out)
+        print(f"wrote {args.out}")
+        return 0
+    record = build(args.out, steps=args.steps, seed=args.seed, lr=args.lr, frozen_layers=args.frozen_layers,
+                   threads=args.threads)
+    print(f"wrote {args.out} ({record['steps']} steps, loss {record['first_loss']:.3f} -> {record['last_loss']:.3f})")
+    return 0

@@ -15,14 +15,13 @@ measures more than memorisation.
 
 from __future__ import annotations
 
-import argparse
 import random
 import re
 import sys
 from pathlib import Path
 
-from slimops.zoo.finetune import minilm_with_head, save_with_minilm_tokenizer, seed_all, train
-from slimops.zoo.token_classifier import FIRST, LAST, ORGS, PLACES, _pool, write_jsonl
+from slimops.zoo.finetune import generated_set_main, minilm_with_head, save_with_minilm_tokenizer, seed_all, train
+from slimops.zoo.token_classifier import FIRST, LAST, ORGS, PLACES, _pool
 
 SEEDS = {"train": 0, "dev": 1}
 # A fact (slots: PER, PER2, LOC, ORG, YEAR) and the questions it answers: (question, the slot that answers it). The
@@ -121,26 +120,8 @@ def build(out: Path, steps: int = 300, batch_size: int = 16, lr: float = 1e-4, s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m slimops.zoo.qa_model", description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", type=Path, help="directory to write (the model), or with --data the JSONL file")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--frozen-layers", type=int, default=0, help="keep the embeddings and this many lower "
-                        "layers as MiniLM has them (a cheaper build)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads for training (default: torch's)")
-    parser.add_argument("--data", choices=sorted(SEEDS), default=None,
-                        help="write this generated split to OUT as JSONL instead of training")
-    parser.add_argument("--count", type=int, default=200, help="--data: questions to write")
-    args = parser.parse_args(argv)
-    if args.data:
-        write_jsonl(generate(args.data, args.count), args.out)
-        print(f"wrote {args.out}")
-        return 0
-    record = build(args.out, steps=args.steps, seed=args.seed, lr=args.lr, frozen_layers=args.frozen_layers,
-                   threads=args.threads)
-    print(f"wrote {args.out} ({record['steps']} steps, loss {record['first_loss']:.3f} -> {record['last_loss']:.3f})")
-    return 0
+    return generated_set_main(argv, prog="python -m slimops.zoo.qa_model", description=__doc__.split("\n\n")[0],
+                              build=build, generate=generate, splits=SEEDS, default_steps=300, unit="questions")
 
 
 if __name__ == "__main__":

@@ -13,13 +13,11 @@ train split never shows (a quarter of each list), so the dev score measures more
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 import sys
 from pathlib import Path
 
-from slimops.zoo.finetune import minilm_with_head, save_with_minilm_tokenizer, seed_all, train
+from slimops.zoo.finetune import generated_set_main, minilm_with_head, save_with_minilm_tokenizer, seed_all, train
 
 LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG")  # "O" is id 0
 SEEDS = {"train": 0, "dev": 1}
@@ -102,15 +100,6 @@ def generate(split: str, count: int, seed: int | None = None) -> list[dict]:
     return examples
 
 
-def write_jsonl(examples: list[dict], out: Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", encoding="utf-8") as handle:
-        for example in examples:
-            handle.write(json.dumps(example, ensure_ascii=False) + "\n")
-    return out
-
-
 def build(out: Path, steps: int = 150, batch_size: int = 16, lr: float = 1e-4, seed: int = 0,
           train_count: int = 600, frozen_layers: int = 0, threads: int | None = None) -> dict:
     """Fine-tune and save to ``out`` (a Hugging Face directory); return the training record.
@@ -148,26 +137,8 @@ def build(out: Path, steps: int = 150, batch_size: int = 16, lr: float = 1e-4, s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m slimops.zoo.token_classifier", description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", type=Path, help="directory to write (the model), or with --data the JSONL file")
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--frozen-layers", type=int, default=0, help="keep the embeddings and this many lower "
-                        "layers as MiniLM has them (a cheaper build)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads for training (default: torch's)")
-    parser.add_argument("--data", choices=sorted(SEEDS), default=None,
-                        help="write this generated split to OUT as JSONL instead of training")
-    parser.add_argument("--count", type=int, default=200, help="--data: sentences to write")
-    args = parser.parse_args(argv)
-    if args.data:
-        write_jsonl(generate(args.data, args.count), args.out)
-        print(f"wrote {args.out}")
-        return 0
-    record = build(args.out, steps=args.steps, seed=args.seed, lr=args.lr, frozen_layers=args.frozen_layers,
-                   threads=args.threads)
-    print(f"wrote {args.out} ({record['steps']} steps, loss {record['first_loss']:.3f} -> {record['last_loss']:.3f})")
-    return 0
+    return generated_set_main(argv, prog="python -m slimops.zoo.token_classifier", description=__doc__.split("\n\n")[0],
+                              build=build, generate=generate, splits=SEEDS, default_steps=150, unit="sentences")
 
 
 if __name__ == "__main__":
