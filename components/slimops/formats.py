@@ -40,6 +40,12 @@ def quoted(value, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
+def library_error(err: BaseException, limit: int = 160) -> str:
+    """A library's exception as a short single line, for a BadInput message."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
 def one_line(text: str, limit: int = 300) -> str:
     """The first line of a library's error message, capped."""
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]

@@ -125,7 +125,7 @@ def load_processor(model_dir: Path):
         return AutoImageProcessor.from_pretrained(str(model_dir), trust_remote_code=False, local_files_only=True,
                                                   use_fast=False)
     except Exception as err:  # noqa: BLE001 - ValueError / OSError / KeyError: the JSON does not name a processor
-        from slimops.handlers.runtime import library_error
+        from slimops.formats import library_error
 
         raise BadInput(f"cannot load the image processor from {model_dir / PROCESSOR_FILE} ({library_error(err)}); "
                        "save it with the model's image processor's save_pretrained") from None
@@ -176,7 +176,7 @@ def pixel_values(processor, arrays: list[np.ndarray], root: Path, source: Path) 
     try:
         out = processor(images=arrays, input_data_format="channels_last", return_tensors="np")
     except Exception as err:  # noqa: BLE001 - ValueError when sizes differ and the processor does not resize, ...
-        from slimops.handlers.runtime import library_error
+        from slimops.formats import library_error
 
         raise BadInput(f"the image processor of {source} cannot turn the images in {root} into pixel_values "
                        f"({library_error(err)}); check {PROCESSOR_FILE} (do_resize) and the images") from None

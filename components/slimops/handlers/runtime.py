@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from slimops.errors import BadInput
+from slimops.formats import library_error  # noqa: F401 - steps import it from here too
 from slimops.handlers.base import Runnable, TextMixin
 from slimops.handlers.info import ModelInfo, describe, read_packed
 from slimops.tasks import causal_lm
@@ -63,12 +64,6 @@ class HFModel(TextMixin, Runnable):
 
 
 NOT_MODEL_INPUTS = ("word_index", "offset_mapping")  # what tokenize adds for the task's outputs, not for the model
-
-
-def library_error(err: BaseException, limit: int = 160) -> str:
-    """A library's exception as a short single line, for a BadInput message."""
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
 
 
 def import_factory(spec: str, where: str = "model factory"):
