@@ -161,8 +161,8 @@ def test_busy_processes_are_detected_as_contention():
     busy = _busy_processes(cores)
     try:
         time.sleep(0.3)
-        with LoadMonitor() as monitor:
-            end = time.monotonic() + 1.0
+        with LoadMonitor() as monitor:  # 2 s: with every core busy the sampler itself waits its turn
+            end = time.monotonic() + 2.0
             while time.monotonic() < end:
                 sum(i * i for i in range(10000))
         load = monitor.summary()

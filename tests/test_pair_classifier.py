@@ -132,10 +132,15 @@ def test_a_task_config_json_does_not_say_exits_2_saying_how_to_set_it(tmp_path, 
     from slimops.handlers import describe
 
     assert describe(model, "text-classification").task == "text-classification"  # what --set task=... gives
-    config["architectures"] = ["BertForQuestionAnswering"]
+    config["architectures"] = ["BertForQuestionAnswering"]  # a head the weights do not hold: it would be random
     (model / "config.json").write_text(json.dumps(config))
     done = run_cli("step", "export", "--model", model, "--out", out)
-    assert "'question-answering' is not supported by slimops yet" in assert_bad_input(done.returncode, done.stderr, out)
+    line = assert_bad_input(done.returncode, done.stderr, out)
+    assert "holds no weights for qa_outputs." in line and "which BertForQuestionAnswering needs" in line
+    config["architectures"] = ["BertForMaskedLM"]  # a head slimops knows but has no metric for: refused, not guessed
+    (model / "config.json").write_text(json.dumps(config))
+    done = run_cli("step", "export", "--model", model, "--out", out)
+    assert "'fill-mask' is not supported by slimops yet" in assert_bad_input(done.returncode, done.stderr, out)
     done = run_cli("step", "export", "--model", model, "--out", out, "--set", "task=ner")
     assert "unknown task 'ner'" in assert_bad_input(done.returncode, done.stderr, out)
 

@@ -33,11 +33,27 @@ class HFModel(TextMixin, Runnable):
                "tensor-classification": AutoModelForImageClassification,  # a vision model: pixel_values in
                "question-answering": AutoModelForQuestionAnswering,
                "causal-lm": AutoModelForCausalLM}.get(info.task, AutoModel)
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # its weight warnings are lines on stderr; the check below says it in one
         try:
-            self.model = cls.from_pretrained(str(model_dir), use_safetensors=True, trust_remote_code=False).eval()
+            self.model, loading = cls.from_pretrained(str(model_dir), use_safetensors=True, trust_remote_code=False,
+                                                      output_loading_info=True)
         except (ValueError, KeyError, TypeError, OSError, RuntimeError, AttributeError) as err:
             raise BadInput(f"transformers cannot load {model_dir} ({library_error(err)}); check config.json and "
                            "the weights, or re-save the model with save_pretrained") from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        self.model.eval()
+        if info.task != "sentence-embedding":  # a head the weights do not hold would be random: no baseline at all
+            prefix = f"{self.model.base_model_prefix}."
+            head = [key for key in loading.get("missing_keys", []) if not key.startswith(prefix)]
+            if head:
+                raise BadInput(f"{model_dir}/model.safetensors holds no weights for {', '.join(head[:3])}, which "
+                               f"{type(self.model).__name__} needs (config.json's architectures name another head than "
+                               "the weights were trained with?); fix architectures, or --set task=... to the task "
+                               "the head was trained for")
         if info.task != "tensor-classification":
             self._init_tokenizer()
 
