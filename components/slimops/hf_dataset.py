@@ -10,7 +10,6 @@ transformers examples train them.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -40,13 +39,9 @@ def check_directory(path: str | Path) -> Path:
 
 def fingerprint(path: str | Path) -> str:
     """One sha256 over every file in the folder (relative path and content), for the manifest and the step cache."""
-    from slimops.manifest import sha256_file
+    from slimops.manifest import digest_of, hash_tree
 
-    path = check_directory(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
-    return digest.hexdigest()
+    return digest_of(hash_tree(check_directory(path), skip=()))
 
 
 def split_folder(path: Path, split: str | None) -> tuple[Path, str]:

@@ -17,7 +17,6 @@ out of the folder, and the number of files and the bytes of one file are capped.
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 
@@ -185,10 +184,7 @@ def pixel_values(processor, arrays: list[np.ndarray], root: Path, source: Path) 
 
 def fingerprint(path: str | Path) -> str:
     """One sha256 over every image (relative path and content), for the manifest and the step cache."""
-    from slimops.manifest import sha256_file
+    from slimops.manifest import digest_of, sha256_file
 
     root = check_folder(path)
-    digest = hashlib.sha256()
-    for image, _ in list_images(root):
-        digest.update(f"{image.relative_to(root).as_posix()}\0{sha256_file(image)}\n".encode())
-    return digest.hexdigest()
+    return digest_of({image.relative_to(root).as_posix(): sha256_file(image) for image, _ in list_images(root)})
